@@ -1,0 +1,45 @@
+# Every target depends on the venv, so each command works alone on a fresh clone.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODE   ?= default
+TRIALS ?= 30
+ARGS   ?=
+
+export NUMBA_CACHE_DIR ?= $(HOME)/.cache/tierlab/numba
+
+.PHONY: setup test lint backtest sample tune live-paper bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+sample: setup
+	$(PY) -m data sample $(ARGS)
+
+backtest: setup
+	$(PY) -m research.backtest --mode $(MODE) $(ARGS)
+
+tune: setup
+	$(PY) -m research.tune --trials $(TRIALS) $(ARGS)
+
+live-paper: setup
+	$(PY) -m live --mode $(MODE) $(ARGS)
+
+bench: setup
+	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache reports
