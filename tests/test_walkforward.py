@@ -1,0 +1,69 @@
+"""Walk-forward splits: no test window ever touches its training window or the purge gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from research.walkforward import Fold, bar_slices, count_folds, walk_forward
+from tierlab.errors import ConfigError
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 120),
+    train=st.integers(1, 40),
+    test=st.integers(1, 20),
+    purge=st.integers(0, 5),
+    step=st.none() | st.integers(1, 15),
+    anchored=st.booleans(),
+)
+def test_test_windows_never_touch_training_or_purge(
+    n: int, train: int, test: int, purge: int, step: int | None, anchored: bool
+) -> None:
+    if train + purge + test > n:
+        with pytest.raises(ConfigError, match="sessions"):
+            list(walk_forward(n, train, test, purge, step, anchored))
+        return
+    folds = list(walk_forward(n, train, test, purge, step, anchored))
+    assert len(folds) == count_folds(n, train, test, purge, step) >= 1
+    for k, f in enumerate(folds):
+        assert f.number == k
+        tr, te = set(f.train), set(f.test)
+        assert not tr & te
+        assert not set(f.purge) & te and not set(f.purge) & tr
+        assert len(f.purge) == purge
+        assert max(f.train) + purge < min(f.test)  # test starts after train end + purge gap
+        assert len(f.test) == test and min(f.train) >= 0 and max(f.test) < n
+        assert len(f.train) == (f.train.stop if anchored else train)
+    starts = [f.test.start for f in folds]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    if step is None:  # test windows tile: no session is tested twice
+        tested = [d for f in folds for d in f.test]
+        assert len(tested) == len(set(tested))
+
+
+def test_a_concrete_rolling_plan() -> None:
+    folds = list(walk_forward(20, train=8, test=3, purge=1))
+    assert [(f.train, f.test) for f in folds] == [
+        (range(0, 8), range(9, 12)),
+        (range(3, 11), range(12, 15)),
+        (range(6, 14), range(15, 18)),
+    ]
+
+
+@pytest.mark.parametrize(("kw", "name"), [({"train": 0}, "train"), ({"test": 0}, "test"), ({"purge": -1}, "purge"), ({"step": 0}, "step")])
+def test_bad_sizes_name_the_parameter(kw: dict, name: str) -> None:
+    args = {"train": 5, "test": 2, "purge": 1} | kw
+    with pytest.raises(ConfigError, match=name):
+        list(walk_forward(30, **args))
+
+
+def test_bar_slices_cut_at_session_boundaries() -> None:
+    numbers = np.repeat(np.arange(6), 4)  # 6 sessions of 4 bars
+    tr, te = bar_slices(numbers, Fold(0, range(1, 3), range(4, 6)))
+    assert (numbers[tr] == [1, 1, 1, 1, 2, 2, 2, 2]).all()
+    assert set(numbers[te]) == {4, 5} and len(numbers[te]) == 8
+    assert tr.stop < te.start  # session 3 (the purge) is in neither
