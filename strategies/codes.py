@@ -21,6 +21,7 @@ IN_POSITION = 10  # already holding the symbol: no pyramiding
 EVIDENCE = 11  # negative score on a stock not held: basket evidence, never a short (SPEC §6)
 ACTIONABLE = 12  # passed every gate: an entry intent
 EXIT_SIGNAL = 13  # actionable signal against a held position: an exit intent (SPEC §5b)
+SESSION_END = 14  # inside the flatten window before the close: no new entries (SPEC §5b)
 
 DECISION_NAMES: tuple[str, ...] = (
     "not_evaluated",
@@ -37,10 +38,12 @@ DECISION_NAMES: tuple[str, ...] = (
     "evidence",
     "actionable",
     "exit_signal",
+    "session_end",
 )
 N_DECISIONS = len(DECISION_NAMES)
 SUPPRESSION_CODES: tuple[int, ...] = (
     TOKEN, BELOW_CUTOFF, COOLDOWN, DIRECTION_LOCK, RISK, DAILY_CAP, DUPLICATE, ETF_LOCK, CONFLICT, IN_POSITION,
+    SESSION_END,
 )
 
 # --- order reasons ----------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""One module per rule family; each holds pure `_nb` kernels used by the step kernel only."""
