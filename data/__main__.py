@@ -1,0 +1,67 @@
+"""`python -m data`: import bar files, fetch from Alpaca, build the synthetic sample, import filing events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tierlab.errors import TierlabError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree: one subcommand per way into the catalog."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", help="catalog directory (default: $TIERLAB_HOME/catalog)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = argparse.ArgumentParser(prog="python -m data", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    imp = sub.add_parser("import", parents=[common], help="import a CSV/parquet bar file for one symbol")
+    imp.add_argument("path")
+    imp.add_argument("--symbol", required=True)
+    imp.add_argument("--tz", help="time zone of naive times, e.g. America/New_York")
+    imp.add_argument("--label", choices=("start", "end"), default="start", help="bars labelled by start or end")
+    imp.add_argument("--repair", action="store_true", help="drop/fix bad rows and report them instead of failing")
+    fet = sub.add_parser("fetch", parents=[common], help="fetch missing days of 1-minute bars from Alpaca")
+    fet.add_argument("--symbols", nargs="+", required=True)
+    fet.add_argument("--start", required=True)
+    fet.add_argument("--end", required=True)
+    fet.add_argument("--url", help="data API base URL (default: $TIERLAB_ALPACA_DATA_URL or Alpaca's)")
+    fet.add_argument("--feed", default="iex", help="iex (free) or sip")
+    sam = sub.add_parser("sample", parents=[common], help="write the synthetic sample sessions")
+    sam.add_argument("--start")
+    sam.add_argument("--end")
+    ev = sub.add_parser("events", parents=[common], help="import filing events (CSV: time,ticker,form,title)")
+    ev.add_argument("path")
+    return p
+
+
+def run(a: argparse.Namespace) -> str:
+    """Call the one function behind the chosen subcommand."""
+    if a.cmd == "import":
+        from data.importers.csv_files import import_cli
+        return import_cli(a.path, a.symbol, a.tz, a.label, a.repair, a.root)
+    if a.cmd == "fetch":
+        from data.importers.alpaca import fetch_cli
+        return fetch_cli(a.symbols, a.start, a.end, a.url, a.feed, a.root)
+    if a.cmd == "sample":
+        from data.sample import write_sample
+        return write_sample(a.root, a.start, a.end)
+    from data.events import import_events
+    return import_events(a.path, a.root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, print; a TierlabError is one `error: ...` line and exit code 2 (traceback with --debug)."""
+    a = build_parser().parse_args(argv)
+    try:
+        print(run(a))
+    except TierlabError as exc:
+        if a.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
