@@ -1,0 +1,477 @@
+"""The sim's aiohttp app: Alpaca's trading REST, /v2/stocks/bars, trade_updates and market-data websockets.
+
+Bound to loopback only. Auth by the APCA-API-KEY-ID / APCA-API-SECRET-KEY headers (401 when
+missing, 403 when wrong) and by each websocket's auth message; 200 requests/min per key (429
+with X-Ratelimit-* headers). Control endpoints under /sim/ (step, state) skip the rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hmac
+import json
+from collections import deque
+from typing import Any
+
+import msgpack
+import pandas as pd
+from aiohttp import WSMsgType, web
+
+from live.sim import wire
+from live.sim.engine import SimEngine, SimReject
+from live.sim.ratelimit import RateLimiter
+from tierlab.log import get_logger
+
+log = get_logger(__name__)
+
+ENGINE = web.AppKey("engine", SimEngine)
+HUB = web.AppKey("hub", "Hub")
+BAR_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds",
+                "corrections", "cancelErrors")
+
+
+class Hub:
+    """Shared app state: keys, rate limiter, websocket subscribers, injected faults."""
+
+    def __init__(self, engine: SimEngine, api_key: str, secret_key: str, limiter: RateLimiter) -> None:
+        self.engine = engine
+        self.api_key = api_key
+        self.secret_key = secret_key
+        self.limiter = limiter
+        self.trade_listeners: set[web.WebSocketResponse] = set()
+        self.bar_subs: dict[web.WebSocketResponse, set[str]] = {}
+        self.faults: deque[tuple[int, bool]] = deque()
+        self.lock = asyncio.Lock()
+
+    def keys_ok(self, key: str | None, secret: str | None) -> bool:
+        """Constant-time check of a key pair."""
+        return bool(key and secret) and hmac.compare_digest(str(key), self.api_key) and hmac.compare_digest(
+            str(secret), self.secret_key)
+
+    async def flush(self) -> None:
+        """Send pending trade updates and closed bars to the websocket subscribers."""
+        events, bars = self.engine.drain()
+        for data in events:
+            frame = json.dumps({"stream": "trade_updates", "data": data}).encode()
+            for ws in list(self.trade_listeners):
+                await _safe_send(ws, frame, self.trade_listeners)
+        if bars:
+            for ws, syms in list(self.bar_subs.items()):
+                msgs = [wire.bar_frame(b["symbol"], b["t"], b["o"], b["h"], b["l"], b["c"], b["v"], b["n"], b["vw"])
+                        for b in bars if "*" in syms or b["symbol"] in syms]
+                if msgs:
+                    await _safe_send(ws, wire.pack(msgs), self.bar_subs)
+
+    async def step(self, n: int = 1) -> list[dict[str, Any]]:
+        """Advance the replay clock n times, streaming what happened after each step."""
+        out = []
+        async with self.lock:
+            for _ in range(n):
+                info = self.engine.step()
+                await self.flush()
+                out.append({"bar": info.bar, "time": wire.ts(info.time), "done": info.done})
+                if info.done:
+                    break
+        return out
+
+
+async def _safe_send(ws: web.WebSocketResponse, frame: bytes, registry: Any) -> None:
+    try:
+        await ws.send_bytes(frame)
+    except (ConnectionError, RuntimeError):
+        registry.discard(ws) if isinstance(registry, set) else registry.pop(ws, None)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=wire.dumps)
+
+
+@web.middleware
+async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamResponse:
+    hub: Hub = request.app[HUB]
+    path = request.path
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)  # websockets authenticate with their first message
+    key = request.headers.get("APCA-API-KEY-ID")
+    secret = request.headers.get("APCA-API-SECRET-KEY")
+    if not key or not secret:
+        return _json(wire.error_body(wire.CODE_UNAUTHORIZED, "request is not authorized"), 401)
+    if not hub.keys_ok(key, secret):
+        return _json(wire.error_body(wire.CODE_FORBIDDEN, "forbidden"), 403)
+    if path.startswith("/sim/"):
+        return await handler(request)
+    decision = hub.limiter.hit(key)
+    if not decision.allowed:
+        log.warning("rate_limited", path=path, reason="429", remaining=0, reset=decision.reset)
+        resp: web.StreamResponse = _json(wire.error_body(wire.CODE_RATE_LIMIT, "rate limit exceeded"), 429)
+    else:
+        fault = hub.faults.popleft() if (hub.faults and request.method == "POST" and path == "/v2/orders") else None
+        if fault is not None and not fault[1]:
+            resp = _json(wire.error_body(wire.CODE_INTERNAL, "injected fault"), fault[0])
+        else:
+            async with hub.lock:
+                try:
+                    resp = await handler(request)
+                except SimReject as e:
+                    resp = _json(e.body, e.status)
+                    log.info("order_rejected", ticker=request.get("symbol"), client_order_id=request.get("cid"),
+                             status=e.status, reason=e.body["message"])
+                await hub.flush()
+            if fault is not None:  # accepted, but the answer is lost on the way back
+                resp = _json(wire.error_body(wire.CODE_INTERNAL, "injected fault after accept"), fault[0])
+    resp.headers.update(decision.headers())
+    return resp
+
+
+# ------------------------------------------------------------------ trading REST
+async def account(request: web.Request) -> web.Response:
+    """GET /v2/account: a cash account (multiplier 1, no shorting)."""
+    e = request.app[ENGINE]
+    bp, eq, mv = e.buying_power(), e.equity(), e.market_value()
+    return _json({
+        "id": "5c1f4b0e-0000-4000-8000-000000000001", "account_number": "PA-TIERLAB-SIM", "status": "ACTIVE",
+        "crypto_status": "INACTIVE", "currency": "USD", "buying_power": wire.num(round(bp, 2)),
+        "regt_buying_power": wire.num(round(bp, 2)), "non_marginable_buying_power": wire.num(round(bp, 2)),
+        "cash": wire.num(round(e.cash, 4)), "accrued_fees": "0", "portfolio_value": wire.num(round(eq, 4)),
+        "equity": wire.num(round(eq, 4)), "last_equity": wire.num(round(e.start_equity, 4)),
+        "long_market_value": wire.num(round(mv, 4)), "short_market_value": "0", "initial_margin": "0",
+        "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0", "multiplier": "1",
+        "shorting_enabled": False, "trading_blocked": False, "transfers_blocked": False,
+        "account_blocked": False, "trade_suspended_by_user": False, "pattern_day_trader": False,
+        "daytrade_count": 0, "created_at": wire.ts(e.panel.index[0]),
+    })
+
+
+@functools.cache
+def _xnys() -> Any:
+    import exchange_calendars as xcals
+
+    return xcals.get_calendar("XNYS")
+
+
+async def clock(request: web.Request) -> web.Response:
+    """GET /v2/clock: replay time; open means inside a replayed session."""
+    e = request.app[ENGINE]
+    cal = _xnys()
+    now = e.now
+    return _json({"timestamp": now.tz_convert("America/New_York").isoformat(), "is_open": e.is_open,
+                  "next_open": cal.next_open(now).tz_convert("America/New_York").isoformat(),
+                  "next_close": cal.next_close(now).tz_convert("America/New_York").isoformat()})
+
+
+async def calendar(request: web.Request) -> web.Response:
+    """GET /v2/calendar?start=&end=: XNYS sessions with New York open/close times."""
+    e = request.app[ENGINE]
+    cal = _xnys()
+    start = pd.Timestamp(request.query.get("start") or e.now.date())
+    end = pd.Timestamp(request.query.get("end") or start + pd.Timedelta(days=30))
+    out = []
+    for s in cal.sessions_in_range(start, end):
+        o = cal.session_open(s).tz_convert("America/New_York")
+        c = cal.session_close(s).tz_convert("America/New_York")
+        out.append({"date": s.strftime("%Y-%m-%d"), "open": o.strftime("%H:%M"), "close": c.strftime("%H:%M"),
+                    "session_open": "0400", "session_close": "2000", "settlement_date": s.strftime("%Y-%m-%d")})
+    return _json(out)
+
+
+def _asset(symbol: str) -> dict[str, Any]:
+    return {"id": wire.asset_id(symbol), "class": "us_equity", "exchange": "NASDAQ", "symbol": symbol,
+            "name": symbol, "status": "active", "tradable": True, "marginable": False, "shortable": False,
+            "easy_to_borrow": False, "fractionable": True, "attributes": []}
+
+
+async def assets(request: web.Request) -> web.Response:
+    """GET /v2/assets: the replayed symbols, all tradable and fractionable."""
+    return _json([_asset(s) for s in request.app[ENGINE].panel.symbols])
+
+
+async def asset(request: web.Request) -> web.Response:
+    """GET /v2/assets/{symbol}."""
+    sym = request.match_info["symbol"].upper()
+    if sym not in request.app[ENGINE].panel.symbols:
+        raise SimReject(404, wire.CODE_NOT_FOUND, "asset not found")
+    return _json(_asset(sym))
+
+
+def _position(e: SimEngine, sym: str) -> dict[str, Any]:
+    h = e.holdings[sym]
+    px = e.quote(sym)
+    last = float(e.lastday_close[e.panel.symbols.index(sym)])
+    last = px if last != last else last
+    mv, avg = h.qty * px, h.cost / h.qty
+    return {
+        "asset_id": wire.asset_id(sym), "symbol": sym, "exchange": "NASDAQ", "asset_class": "us_equity",
+        "asset_marginable": False, "avg_entry_price": wire.num(avg), "qty": wire.num(h.qty), "side": "long",
+        "market_value": wire.num(mv), "cost_basis": wire.num(h.cost), "unrealized_pl": wire.num(mv - h.cost),
+        "unrealized_plpc": wire.num((mv - h.cost) / h.cost if h.cost else 0.0),
+        "unrealized_intraday_pl": wire.num(mv - h.cost),
+        "unrealized_intraday_plpc": wire.num((mv - h.cost) / h.cost if h.cost else 0.0),
+        "current_price": wire.num(px), "lastday_price": wire.num(last),
+        "change_today": wire.num(px / last - 1.0 if last else 0.0),
+        "qty_available": wire.num(max(e.available_qty(sym), 0.0)),
+    }
+
+
+async def positions(request: web.Request) -> web.Response:
+    """GET /v2/positions."""
+    e = request.app[ENGINE]
+    return _json([_position(e, s) for s in sorted(e.holdings)])
+
+
+async def position(request: web.Request) -> web.Response:
+    """GET /v2/positions/{symbol}: 404 when flat."""
+    e = request.app[ENGINE]
+    sym = request.match_info["symbol"].upper()
+    if sym not in e.holdings:
+        raise SimReject(404, wire.CODE_NOT_FOUND, "position does not exist")
+    return _json(_position(e, sym))
+
+
+async def close_position(request: web.Request) -> web.Response:
+    """DELETE /v2/positions/{symbol}?qty=|percentage=: a market sell order."""
+    q = request.query
+    o = request.app[ENGINE].close_position(
+        request.match_info["symbol"], float(q["qty"]) if "qty" in q else None,
+        float(q["percentage"]) if "percentage" in q else None)
+    return _json(wire.order_json(o))
+
+
+async def close_all_positions(request: web.Request) -> web.Response:
+    """DELETE /v2/positions?cancel_orders=true: one market sell per position (207 multi-status)."""
+    e = request.app[ENGINE]
+    if request.query.get("cancel_orders", "").lower() == "true":
+        e.cancel_all()
+    out = []
+    for sym in sorted(e.holdings):
+        try:
+            o = e.close_position(sym)
+            out.append({"symbol": sym, "status": 200, "order_id": o.id, "body": wire.order_json(o)})
+        except SimReject as err:
+            out.append({"symbol": sym, "status": err.status, "body": {**err.body, "symbol": sym}})
+    return _json(out, 207)
+
+
+async def submit_order(request: web.Request) -> web.Response:
+    """POST /v2/orders."""
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid") from None
+    request["symbol"], request["cid"] = body.get("symbol"), body.get("client_order_id")
+    return _json(wire.order_json(request.app[ENGINE].submit(body)))
+
+
+def _open_filter(status: str, o: Any) -> bool:
+    return status == "all" or (status == "open") == o.is_open
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    """GET /v2/orders?status=open|closed|all&limit=&after=&until=&direction=&nested=&side=&symbols=."""
+    e = request.app[ENGINE]
+    q = request.query
+    status = q.get("status", "open")
+    nested = q.get("nested", "").lower() == "true"
+    limit = min(int(q.get("limit", 50)), 500)
+    syms = {s.strip().upper() for s in q["symbols"].split(",")} if q.get("symbols") else None
+    after = pd.Timestamp(q["after"]) if q.get("after") else None
+    until = pd.Timestamp(q["until"]) if q.get("until") else None
+    rows = []
+    for o in e.orders.values():
+        if nested and o.parent is not None:
+            continue
+        if not _open_filter(status, o) or (syms and o.symbol not in syms):
+            continue
+        if q.get("side") and ("buy" if o.side > 0 else "sell") != q["side"]:
+            continue
+        if (after is not None and o.created_at <= _utc(after)) or (until is not None and o.created_at >= _utc(until)):
+            continue
+        rows.append(o)
+    if q.get("direction", "desc") == "desc":
+        rows.reverse()
+    return _json([wire.order_json(o, nested=nested) for o in rows[:limit]])
+
+
+def _utc(t: pd.Timestamp) -> pd.Timestamp:
+    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """GET /v2/orders/{id}."""
+    return _json(wire.order_json(request.app[ENGINE].get(request.match_info["order_id"])))
+
+
+async def get_order_by_client_id(request: web.Request) -> web.Response:
+    """GET /v2/orders:by_client_order_id?client_order_id=."""
+    return _json(wire.order_json(request.app[ENGINE].get_by_client_id(request.query.get("client_order_id", ""))))
+
+
+async def replace_order(request: web.Request) -> web.Response:
+    """PATCH /v2/orders/{id}."""
+    body = await request.json()
+    return _json(wire.order_json(request.app[ENGINE].replace(request.match_info["order_id"], body)))
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """DELETE /v2/orders/{id}: 204."""
+    request.app[ENGINE].cancel(request.match_info["order_id"])
+    return web.Response(status=204)
+
+
+async def cancel_all(request: web.Request) -> web.Response:
+    """DELETE /v2/orders: 207 with one entry per canceled order."""
+    return _json(request.app[ENGINE].cancel_all(), 207)
+
+
+# ------------------------------------------------------------------ market data REST
+async def stock_bars(request: web.Request) -> web.Response:
+    """GET /v2/stocks/bars: closed 1Min bars only (never a bar from the replay's future), paginated."""
+    e = request.app[ENGINE]
+    q = request.query
+    if q.get("timeframe", "1Min") not in ("1Min", "1T"):
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"the sim serves 1Min bars only, got {q.get('timeframe')!r}")
+    syms = sorted({s.strip().upper() for s in q.get("symbols", "").split(",") if s.strip()})
+    unknown = [s for s in syms if s not in e.panel.symbols]
+    if not syms or unknown:
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid symbol(s): {','.join(unknown) or '(none)'}")
+    limit = max(1, min(int(q.get("limit") or 1000), 10_000))
+    idx = e.panel.index[: e.k]
+    lo = 0 if not q.get("start") else int(idx.searchsorted(_utc(pd.Timestamp(q["start"])), "left"))
+    hi = len(idx) if not q.get("end") else int(idx.searchsorted(_utc(pd.Timestamp(q["end"])), "right"))
+    items = [(s, i) for s in syms for i in range(lo, hi) if not pd.isna(e.panel.close[i, e.panel.symbols.index(s)])]
+    start_at = 0
+    if q.get("page_token"):
+        sym, i = base64.urlsafe_b64decode(q["page_token"].encode()).decode().split(":")
+        start_at = items.index((sym, int(i)))
+    page = items[start_at : start_at + limit]
+    out: dict[str, list[dict[str, Any]]] = {}
+    p = e.panel
+    for s, i in page:
+        j = p.symbols.index(s)
+        out.setdefault(s, []).append(wire.bar_json(
+            s, idx[i], float(p.open[i, j]), float(p.high[i, j]), float(p.low[i, j]), float(p.close[i, j]),
+            float(p.volume[i, j]), None if p.trade_count is None else float(p.trade_count[i, j]),
+            None if p.vwap is None else float(p.vwap[i, j])))
+    nxt = items[start_at + limit] if start_at + limit < len(items) else None
+    token = base64.urlsafe_b64encode(f"{nxt[0]}:{nxt[1]}".encode()).decode() if nxt else None
+    return _json({"bars": out, "next_page_token": token})
+
+
+# ------------------------------------------------------------------ websockets
+async def trade_stream(request: web.Request) -> web.WebSocketResponse:
+    """The trade_updates stream: JSON authenticate, then listen; frames are binary JSON as Alpaca's paper API."""
+    hub: Hub = request.app[HUB]
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    authed = False
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        try:
+            m = json.loads(msg.data)
+        except (ValueError, TypeError):
+            await ws.send_bytes(json.dumps({"stream": "error", "data": {"error_message": "invalid json"}}).encode())
+            continue
+        data = m.get("data") or {}
+        if m.get("action") in ("authenticate", "auth"):
+            authed = hub.keys_ok(data.get("key_id"), data.get("secret_key"))
+            await ws.send_bytes(json.dumps({"stream": "authorization", "data": {
+                "action": "authenticate", "status": "authorized" if authed else "unauthorized"}}).encode())
+            if not authed:
+                await ws.close()
+                break
+        elif m.get("action") == "listen":
+            if not authed:
+                await ws.send_bytes(json.dumps({"stream": "authorization", "data": {
+                    "action": "listen", "status": "unauthorized"}}).encode())
+                continue
+            streams = [s for s in data.get("streams", []) if s == "trade_updates"]
+            if streams:
+                hub.trade_listeners.add(ws)
+            else:
+                hub.trade_listeners.discard(ws)
+            await ws.send_bytes(json.dumps({"stream": "listening", "data": {"streams": streams}}).encode())
+    hub.trade_listeners.discard(ws)
+    return ws
+
+
+async def data_stream(request: web.Request) -> web.WebSocketResponse:
+    """The market-data stream (/v2/iex or /v2/sip): msgpack connected -> auth -> subscribe -> bars."""
+    hub: Hub = request.app[HUB]
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_bytes(wire.pack([{"T": "success", "msg": "connected"}]))
+    authed = False
+    subs: dict[str, set[str]] = {c: set() for c in BAR_CHANNELS}
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        try:
+            m = msgpack.unpackb(msg.data) if msg.type == WSMsgType.BINARY else json.loads(msg.data)
+        except Exception:
+            await ws.send_bytes(wire.pack([{"T": "error", "code": 400, "msg": "invalid syntax"}]))
+            continue
+        action = m.get("action")
+        if action == "auth":
+            authed = hub.keys_ok(m.get("key"), m.get("secret"))
+            if not authed:
+                await ws.send_bytes(wire.pack([{"T": "error", "code": 402, "msg": "auth failed"}]))
+                await ws.close()
+                break
+            await ws.send_bytes(wire.pack([{"T": "success", "msg": "authenticated"}]))
+        elif action in ("subscribe", "unsubscribe"):
+            if not authed:
+                await ws.send_bytes(wire.pack([{"T": "error", "code": 401, "msg": "not authenticated"}]))
+                continue
+            for ch in BAR_CHANNELS:
+                syms = set(m.get(ch) or [])
+                subs[ch] = subs[ch] | syms if action == "subscribe" else subs[ch] - syms
+            hub.bar_subs[ws] = subs["bars"]
+            await ws.send_bytes(wire.pack([{"T": "subscription", **{c: sorted(v) for c, v in subs.items()}}]))
+    hub.bar_subs.pop(ws, None)
+    return ws
+
+
+# ------------------------------------------------------------------ control
+async def sim_step(request: web.Request) -> web.Response:
+    """POST /sim/step?n=1: advance the replay clock (step mode)."""
+    n = int(request.query.get("n", 1))
+    return _json({"steps": await request.app[HUB].step(n)})
+
+
+async def sim_state(request: web.Request) -> web.Response:
+    """GET /sim/state: replay position and account totals."""
+    e = request.app[ENGINE]
+    return _json({"bar": e.k, "bars": len(e.panel.index), "time": wire.ts(e.now), "is_open": e.is_open,
+                  "done": e.done, "cash": e.cash, "equity": e.equity(), "rate_limited": request.app[HUB].limiter.rejected})
+
+
+def build_app(hub: Hub) -> web.Application:
+    """The aiohttp application serving one engine."""
+    app = web.Application(middlewares=[_auth_and_rate])
+    app[ENGINE] = hub.engine
+    app[HUB] = hub
+    r = app.router
+    r.add_get("/v2/account", account)
+    r.add_get("/v2/clock", clock)
+    r.add_get("/v2/calendar", calendar)
+    r.add_get("/v2/assets", assets)
+    r.add_get("/v2/assets/{symbol}", asset)
+    r.add_get("/v2/positions", positions)
+    r.add_delete("/v2/positions", close_all_positions)
+    r.add_get("/v2/positions/{symbol}", position)
+    r.add_delete("/v2/positions/{symbol}", close_position)
+    r.add_post("/v2/orders", submit_order)
+    r.add_get("/v2/orders", list_orders)
+    r.add_delete("/v2/orders", cancel_all)
+    r.add_get("/v2/orders:by_client_order_id", get_order_by_client_id)
+    r.add_get("/v2/orders/{order_id}", get_order)
+    r.add_patch("/v2/orders/{order_id}", replace_order)
+    r.add_delete("/v2/orders/{order_id}", cancel_order)
+    r.add_get("/v2/stocks/bars", stock_bars)
+    r.add_get("/stream", trade_stream)
+    r.add_get("/v2/{feed:iex|sip|test}", data_stream)
+    r.add_post("/sim/step", sim_step)
+    r.add_get("/sim/state", sim_state)
+    return app
