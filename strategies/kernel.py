@@ -1,0 +1,487 @@
+"""The step kernel: one bar in, decisions and orders out, over a plain array state.
+
+`step_nb` is the only place where the gates, risk, caps, baskets and fills are sequenced. It is
+driven over history by `run_nb` (parameter sets side by side with prange) and, bar by bar, by the
+live runner and by `walk_py` (a plain Python loop over the same compiled step, used by tests).
+
+Timing, per bar t (SPEC §0, §5b): a new New York session resets the daily counters; pending market
+orders fill at bar t's open (plus slippage) for symbols with a bar; resting stops / take-profits
+are checked inside bar t; the book is marked at t's close; then the rules decide at t's close and
+leave market orders pending for the next bar that exists for their symbol.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from strategies import codes as C
+from strategies.fills import (
+    BUY,
+    EXIT_NONE,
+    EXIT_STOP,
+    SELL,
+    bracket_exit_long_nb,
+    market_fill_price_nb,
+    order_fee_nb,
+)
+from strategies.rules.baskets import advance_ticks_nb, basket_condition_nb
+from strategies.rules.gates import cap_gate_nb, stock_gate_nb
+from strategies.rules.risk import REFUSE_NONE, kelly_fraction_nb, size_entry_nb
+from strategies.rules.tokens import TAKE_FAILED, TAKE_FALLBACK, refill_nb, take_token_nb
+
+NEVER = -(2**62)  # epoch of "never happened"
+
+# ---- scalar parameters: one row of the (K, P) matrix per parameter set --------------------------
+P_NAMES = (
+    "cutoff_eff", "strong_cut", "cooldown_s", "direction_lock_s", "cadence_a_s", "cadence_b_s",
+    "tokens_a", "tokens_b", "tokens_reserve", "reserve_fallback", "reserve_fallback_window_s",
+    "cap_a", "cap_b", "cap_bench", "cap_etf", "global_daily_cap", "idempotency_window_s",
+    "risk_per_trade", "stop_loss_pct", "take_profit_pct", "max_concurrent_risk", "daily_loss_limit",
+    "max_positions", "exposure_cap", "min_slots", "kelly_cap", "kelly_min_trades", "etf_lock_s",
+    "flatten_before_close_min", "max_hold_minutes", "slippage", "fee_per_share", "fee_per_order",
+)
+(
+    P_CUT, P_STRONG, P_COOLDOWN, P_LOCK, P_CAD_A, P_CAD_B, P_TOK_A, P_TOK_B, P_TOK_R, P_FALLBACK,
+    P_FALLBACK_WIN, P_CAP_A, P_CAP_B, P_CAP_BENCH, P_CAP_ETF, P_GLOBAL_CAP, P_IDEM, P_RPT, P_SL, P_TP,
+    P_MAX_RISK, P_DAILY_LOSS, P_MAX_POS, P_EXPOSURE, P_MIN_SLOTS, P_KELLY, P_KELLY_MIN, P_ETF_LOCK,
+    P_FLATTEN, P_MAX_HOLD, P_SLIP, P_FEE_SHARE, P_FEE_ORDER,
+) = range(len(P_NAMES))
+N_PARAMS = len(P_NAMES)
+
+# basket parameter columns (B, 4): min_signals, neg_share, mean_threshold, consecutive
+BK_MIN, BK_NEG, BK_THR, BK_CONSEC = range(4)
+
+# ---- state layout -----------------------------------------------------------------------------
+F_CASH, F_DAY_START_EQ, F_SUM_WIN, F_SUM_LOSS = range(4)
+N_F = 4
+I_DAY, I_GLOBAL, I_MINUTE, I_TOK_A, I_TOK_B, I_TOK_R, I_N_CLOSED, I_N_WINS, I_BARS = range(9)
+N_I = 9
+SF_QTY, SF_ENTRY, SF_STOP, SF_TP, SF_LAST, SF_PENDING, SF_COST = range(7)
+N_SF = 7
+SI_LAST_EVAL, SI_LAST_SIG, SI_LAST_SIGN, SI_DAY_COUNT, SI_COUNTED, SI_LAST_ORDER, SI_ENTRY_T, SI_PEND_REASON, SI_PEND_DEC = range(9)
+N_SI = 9
+
+# ---- per-set statistics (K, S) ----------------------------------------------------------------
+ST_WANT_A, ST_WANT_B, ST_WANT_R, ST_OVER_A, ST_OVER_B, ST_OVER_R, ST_FALLBACK, ST_EVALUATED, ST_STRONG, ST_CLOSED, ST_WINS, ST_GROSS_WIN, ST_GROSS_LOSS, ST_FILLS, ST_FEES, ST_ORDER_OVERFLOW = range(16)
+STAT_NAMES = (
+    "token_wants_a", "token_wants_b", "token_wants_reserve", "token_overflows_a", "token_overflows_b",
+    "token_overflows_reserve", "reserve_fallbacks", "evaluated", "strong_signals", "closed_trades",
+    "winning_trades", "gross_win", "gross_loss", "fills", "fees", "order_overflow",
+)
+N_STATS = len(STAT_NAMES)
+
+# order buffer columns
+OI_BAR, OI_DEC, OI_COL, OI_SIDE, OI_REASON = range(5)
+OF_QTY, OF_PRICE, OF_FEES = range(3)
+
+
+class State(NamedTuple):
+    """The whole rule state of one parameter set: plain arrays, so it saves and resumes exactly."""
+
+    f: np.ndarray  # (N_F,) float64 account scalars
+    i: np.ndarray  # (N_I,) int64 counters
+    sf: np.ndarray  # (N, N_SF) float64 per-symbol book
+    si: np.ndarray  # (N, N_SI) int64 per-symbol clocks and counters
+    bi: np.ndarray  # (B, 2) int64 basket ticks: short side, long side
+
+
+class Structure(NamedTuple):
+    """What every parameter set of one run shares: the universe's shape."""
+
+    tier: np.ndarray  # (N,) int64: 0 A, 1 B, 2 Bench, 3 ETF
+    basket_members: np.ndarray  # (B, N) bool
+    basket_target: np.ndarray  # (B,) int64 column of the inverse ETF
+    basket_params: np.ndarray  # (B, 4) float64
+    conflict: np.ndarray  # (N, N) bool: never held together
+
+
+def new_state(n_sym: int, n_baskets: int, init_cash: float) -> State:
+    """A fresh state: all cash, no positions, every clock at NEVER."""
+    f = np.zeros(N_F)
+    f[F_CASH] = init_cash
+    f[F_DAY_START_EQ] = init_cash
+    i = np.zeros(N_I, dtype=np.int64)
+    i[I_DAY] = -1
+    i[I_MINUTE] = -1
+    sf = np.zeros((n_sym, N_SF))
+    sf[:, SF_STOP] = np.nan
+    sf[:, SF_TP] = np.nan
+    sf[:, SF_LAST] = np.nan
+    si = np.zeros((n_sym, N_SI), dtype=np.int64)
+    for col in (SI_LAST_EVAL, SI_LAST_SIG, SI_COUNTED, SI_LAST_ORDER, SI_ENTRY_T, SI_PEND_DEC):
+        si[:, col] = NEVER
+    return State(f, i, sf, si, np.zeros((n_baskets, 2), dtype=np.int64))
+
+
+@njit(cache=True)
+def _new_state_nb(n_sym: int, n_baskets: int, init_cash: float) -> State:
+    f = np.zeros(N_F)
+    f[F_CASH] = init_cash
+    f[F_DAY_START_EQ] = init_cash
+    i = np.zeros(N_I, dtype=np.int64)
+    i[I_DAY] = -1
+    i[I_MINUTE] = -1
+    sf = np.zeros((n_sym, N_SF))
+    si = np.zeros((n_sym, N_SI), dtype=np.int64)
+    for j in range(n_sym):
+        sf[j, SF_STOP] = np.nan
+        sf[j, SF_TP] = np.nan
+        sf[j, SF_LAST] = np.nan
+        si[j, SI_LAST_EVAL] = NEVER
+        si[j, SI_LAST_SIG] = NEVER
+        si[j, SI_COUNTED] = NEVER
+        si[j, SI_LAST_ORDER] = NEVER
+        si[j, SI_ENTRY_T] = NEVER
+        si[j, SI_PEND_DEC] = NEVER
+    return State(f, i, sf, si, np.zeros((n_baskets, 2), dtype=np.int64))
+
+
+@njit(cache=True)
+def equity_nb(state: State) -> float:
+    """Cash plus every position at its last known close."""
+    eq = state.f[F_CASH]
+    for j in range(state.sf.shape[0]):
+        q = state.sf[j, SF_QTY]
+        if q != 0.0:
+            eq += q * state.sf[j, SF_LAST]
+    return eq
+
+
+@njit(cache=True)
+def _record_order_nb(
+    ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray, stats: np.ndarray, bar: int, dec: int,
+    col: int, side: int, qty: float, price: float, fees: float, reason: int,
+) -> None:
+    stats[ST_FILLS] += 1
+    stats[ST_FEES] += fees
+    k = n_orders[0]
+    if k >= ob_i.shape[0]:
+        stats[ST_ORDER_OVERFLOW] += 1
+        return
+    ob_i[k, OI_BAR] = bar
+    ob_i[k, OI_DEC] = dec
+    ob_i[k, OI_COL] = col
+    ob_i[k, OI_SIDE] = side
+    ob_i[k, OI_REASON] = reason
+    ob_f[k, OF_QTY] = qty
+    ob_f[k, OF_PRICE] = price
+    ob_f[k, OF_FEES] = fees
+    n_orders[0] = k + 1
+
+
+@njit(cache=True)
+def _close_position_nb(
+    state: State, j: int, price: float, p: np.ndarray, stats: np.ndarray, ob_i: np.ndarray,
+    ob_f: np.ndarray, n_orders: np.ndarray, bar: int, dec: int, reason: int,
+) -> None:
+    qty = state.sf[j, SF_QTY]
+    fee = order_fee_nb(qty, p[P_FEE_SHARE], p[P_FEE_ORDER])
+    proceeds = qty * price - fee
+    state.f[F_CASH] += proceeds
+    pnl = proceeds - state.sf[j, SF_COST]
+    state.i[I_N_CLOSED] += 1
+    stats[ST_CLOSED] += 1
+    if pnl > 0:
+        state.i[I_N_WINS] += 1
+        state.f[F_SUM_WIN] += pnl
+        stats[ST_WINS] += 1
+        stats[ST_GROSS_WIN] += pnl
+    else:
+        state.f[F_SUM_LOSS] += -pnl
+        stats[ST_GROSS_LOSS] += -pnl
+    state.sf[j, SF_QTY] = 0.0
+    state.sf[j, SF_STOP] = np.nan
+    state.sf[j, SF_TP] = np.nan
+    state.sf[j, SF_COST] = 0.0
+    state.si[j, SI_ENTRY_T] = NEVER
+    _record_order_nb(ob_i, ob_f, n_orders, stats, bar, dec, j, SELL, qty, price, fee, reason)
+
+
+@njit(cache=True)
+def _local_bar_nb(close_epoch: np.ndarray, epoch: int) -> int:
+    """Index of the bar that closed at `epoch` in this run, or -1 (decided before the run began)."""
+    k = np.searchsorted(close_epoch, epoch)
+    if k < close_epoch.shape[0] and close_epoch[k] == epoch:
+        return k
+    return -1
+
+
+@njit(cache=True)
+def _fill_phase_nb(
+    state: State, t: int, o: np.ndarray, h: np.ndarray, low: np.ndarray, close_epoch: np.ndarray,
+    p: np.ndarray, stats: np.ndarray, ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray,
+) -> None:
+    """Fill pending market orders at this bar's open, then check resting stops and take-profits."""
+    for j in range(o.shape[0]):
+        if math.isnan(o[j]):
+            continue
+        pend = state.sf[j, SF_PENDING]
+        if pend != 0.0:
+            dec = _local_bar_nb(close_epoch, state.si[j, SI_PEND_DEC])
+            reason = state.si[j, SI_PEND_REASON]
+            state.sf[j, SF_PENDING] = 0.0
+            state.si[j, SI_PEND_REASON] = 0
+            state.si[j, SI_PEND_DEC] = NEVER
+            if pend > 0:
+                price = market_fill_price_nb(o[j], BUY, p[P_SLIP])
+                afford = math.floor((state.f[F_CASH] - p[P_FEE_ORDER]) / (price + p[P_FEE_SHARE]))
+                qty = min(pend, float(afford))
+                if qty >= 1.0:
+                    fee = order_fee_nb(qty, p[P_FEE_SHARE], p[P_FEE_ORDER])
+                    state.f[F_CASH] -= qty * price + fee
+                    state.sf[j, SF_QTY] = qty
+                    state.sf[j, SF_ENTRY] = price
+                    state.sf[j, SF_COST] = qty * price + fee
+                    state.sf[j, SF_STOP] = price * (1.0 - p[P_SL])
+                    state.sf[j, SF_TP] = price * (1.0 + p[P_TP])
+                    state.si[j, SI_ENTRY_T] = close_epoch[t]
+                    _record_order_nb(ob_i, ob_f, n_orders, stats, t, dec, j, BUY, qty, price, fee, reason)
+            elif state.sf[j, SF_QTY] > 0:
+                price = market_fill_price_nb(o[j], SELL, p[P_SLIP])
+                _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, dec, reason)
+        if state.sf[j, SF_QTY] > 0:
+            code, price = bracket_exit_long_nb(o[j], h[j], low[j], state.sf[j, SF_STOP], state.sf[j, SF_TP])
+            if code != EXIT_NONE:
+                reason = C.ORDER_STOP if code == EXIT_STOP else C.ORDER_TAKE_PROFIT
+                _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, t - 1, reason)
+
+
+@njit(cache=True)
+def _book_nb(state: State, p: np.ndarray) -> tuple[int, float, float]:
+    """(open or pending positions, exposure, risk to stop) of the book, pending entries included."""
+    n_open = 0
+    exposure = 0.0
+    risk = 0.0
+    for j in range(state.sf.shape[0]):
+        q = state.sf[j, SF_QTY]
+        pend = state.sf[j, SF_PENDING]
+        last = state.sf[j, SF_LAST]
+        if q > 0:
+            n_open += 1
+            exposure += q * last
+            risk += q * max(state.sf[j, SF_ENTRY] - state.sf[j, SF_STOP], 0.0)
+        elif pend > 0:
+            n_open += 1
+            exposure += pend * last
+            risk += pend * last * p[P_SL]
+    return n_open, exposure, risk
+
+
+@njit(cache=True)
+def _entry_nb(
+    state: State, j: int, now: int, equity: float, p: np.ndarray, s: Structure, cap: float,
+    reason: int, mtc: int,
+) -> int:
+    """Session window, conflicts, risk, idempotency and daily caps for a long entry in column j.
+
+    On success the entry is left pending and the caps are counted; returns the decision code.
+    """
+    if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
+        return C.SESSION_END
+    for k in range(s.conflict.shape[1]):
+        if s.conflict[j, k] and (state.sf[k, SF_QTY] > 0 or state.sf[k, SF_PENDING] > 0):
+            return C.CONFLICT
+    n_open, exposure, risk = _book_nb(state, p)
+    rpt = p[P_RPT]
+    if p[P_KELLY] > 0 and state.i[I_N_CLOSED] >= p[P_KELLY_MIN]:
+        kf = kelly_fraction_nb(state.i[I_N_CLOSED], state.i[I_N_WINS], state.f[F_SUM_WIN], state.f[F_SUM_LOSS])
+        if not math.isnan(kf):
+            rpt = min(rpt, max(p[P_KELLY] * kf, 0.0))
+    price = state.sf[j, SF_LAST]
+    if rpt <= 0.0:
+        return C.RISK
+    qty, refusal = size_entry_nb(
+        equity, price, state.f[F_DAY_START_EQ], n_open, exposure, risk, rpt, p[P_SL], p[P_MAX_RISK],
+        p[P_DAILY_LOSS], int(p[P_MAX_POS]), p[P_EXPOSURE], int(p[P_MIN_SLOTS]),
+    )
+    if refusal != REFUSE_NONE:
+        return C.RISK
+    code = cap_gate_nb(now, state.si[j, SI_COUNTED], p[P_IDEM], state.si[j, SI_DAY_COUNT], int(cap),
+                       state.i[I_GLOBAL], int(p[P_GLOBAL_CAP]))
+    if code != C.ACTIONABLE:
+        return code
+    state.si[j, SI_COUNTED] = now
+    state.si[j, SI_DAY_COUNT] += 1
+    state.i[I_GLOBAL] += 1
+    state.sf[j, SF_PENDING] = qty
+    state.si[j, SI_PEND_REASON] = reason
+    state.si[j, SI_PEND_DEC] = now
+    return C.ACTIONABLE
+
+
+@njit(cache=True)
+def _exit_nb(state: State, j: int, now: int, reason: int) -> None:
+    """Leave a market exit pending for a held position (exits pass every gate)."""
+    if state.sf[j, SF_QTY] > 0 and state.sf[j, SF_PENDING] >= 0:
+        state.sf[j, SF_PENDING] = -state.sf[j, SF_QTY]
+        state.si[j, SI_PEND_REASON] = reason
+        state.si[j, SI_PEND_DEC] = now
+
+
+@njit(cache=True)
+def step_nb(
+    state: State, t: int, o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray,
+    score: np.ndarray, event: np.ndarray, close_epoch: np.ndarray, day: int, mtc: int,
+    p: np.ndarray, s: Structure, decisions: np.ndarray, counts: np.ndarray, stats: np.ndarray,
+    ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray, fresh: np.ndarray,
+) -> None:
+    """Advance one parameter set by one bar (row t of the inputs; `close_epoch` is the run's (T,)
+    array of bar closes). Writes one decision code per symbol into `decisions` (N,), adds to
+    `counts` (per code) and `stats`, and appends fills to the order buffers.
+    """
+    n_sym = o.shape[0]
+    now = close_epoch[t]
+    # -- a new New York session: reset the daily counters and the start-of-day equity
+    if day != state.i[I_DAY]:
+        state.i[I_DAY] = day
+        state.i[I_GLOBAL] = 0
+        for j in range(n_sym):
+            state.si[j, SI_DAY_COUNT] = 0
+        for b in range(state.bi.shape[0]):
+            state.bi[b, 0] = 0
+            state.bi[b, 1] = 0
+        state.f[F_DAY_START_EQ] = equity_nb(state)
+    # -- fills at the open, stops and take-profits inside the bar
+    _fill_phase_nb(state, t, o, h, low, close_epoch, p, stats, ob_i, ob_f, n_orders)
+    # -- mark at the close
+    for j in range(n_sym):
+        if not math.isnan(c[j]):
+            state.sf[j, SF_LAST] = c[j]
+    equity = equity_nb(state)
+    state.i[I_BARS] += 1
+    for j in range(n_sym):
+        decisions[j] = C.NOT_EVALUATED
+        fresh[j] = False
+    # -- exits that pass every gate: flatten before the close, max hold
+    for j in range(n_sym):
+        if state.sf[j, SF_QTY] <= 0:
+            continue
+        if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
+            _exit_nb(state, j, now, C.ORDER_FLATTEN)
+        elif p[P_MAX_HOLD] > 0 and now - state.si[j, SI_ENTRY_T] >= p[P_MAX_HOLD] * 60:
+            _exit_nb(state, j, now, C.ORDER_MAX_HOLD)
+    # -- token buckets refill at the start of each minute
+    minute = now // 60
+    if minute != state.i[I_MINUTE]:
+        state.i[I_MINUTE] = minute
+        refill_nb(state.i[I_TOK_A:I_TOK_R + 1], int(p[P_TOK_A]), int(p[P_TOK_B]), int(p[P_TOK_R]))
+    tokens = state.i[I_TOK_A:I_TOK_R + 1]
+    second = float(now % 60)
+    cut = p[P_CUT]
+    # -- evaluate the stocks in universe order
+    for j in range(n_sym):
+        tier = s.tier[j]
+        if tier > 2 or math.isnan(score[j]):
+            continue
+        if tier == 0:
+            due = now - state.si[j, SI_LAST_EVAL] >= p[P_CAD_A]
+        elif tier == 1:
+            due = now - state.si[j, SI_LAST_EVAL] >= p[P_CAD_B]
+        else:
+            due = False
+        wants = int(due) + int(event[j])
+        if wants == 0:
+            continue
+        got = 0
+        for _ in range(wants):
+            r = take_token_nb(tokens, tier, second, p[P_FALLBACK] > 0, p[P_FALLBACK_WIN])
+            stats[ST_WANT_A + tier] += 1
+            if r == TAKE_FAILED:
+                stats[ST_OVER_A + tier] += 1
+            else:
+                got += 1
+                if r == TAKE_FALLBACK:
+                    stats[ST_FALLBACK] += 1
+        if got == 0:
+            decisions[j] = C.TOKEN
+            counts[C.TOKEN] += 1
+            continue
+        state.si[j, SI_LAST_EVAL] = now
+        fresh[j] = True
+        sc = score[j]
+        stats[ST_EVALUATED] += 1
+        if abs(sc) >= p[P_STRONG]:
+            stats[ST_STRONG] += 1
+        held = state.sf[j, SF_QTY] > 0
+        code = stock_gate_nb(sc, held, state.sf[j, SF_PENDING] > 0, now, state.si[j, SI_LAST_SIG],
+                             state.si[j, SI_LAST_SIGN], cut, p[P_COOLDOWN], p[P_LOCK])
+        if code == C.EXIT_SIGNAL:
+            _exit_nb(state, j, now, C.ORDER_EXIT_SIGNAL)
+        elif code == C.ACTIONABLE:
+            cap = p[P_CAP_A] if tier == 0 else (p[P_CAP_B] if tier == 1 else p[P_CAP_BENCH])
+            code = _entry_nb(state, j, now, equity, p, s, cap, C.ORDER_ENTRY, mtc)
+        if code == C.ACTIONABLE or code == C.EXIT_SIGNAL or code == C.EVIDENCE:
+            state.si[j, SI_LAST_SIG] = now
+            state.si[j, SI_LAST_SIGN] = 1 if sc > 0 else -1
+        decisions[j] = code
+        counts[code] += 1
+    # -- baskets: route a joint fall to the inverse ETF, sell it when the basket turns
+    for b in range(s.basket_members.shape[0]):
+        bp = s.basket_params[b]
+        short, long_ = basket_condition_nb(score, fresh, s.basket_members[b], int(bp[BK_MIN]), bp[BK_NEG], bp[BK_THR])
+        state.bi[b, 0] = advance_ticks_nb(state.bi[b, 0], short)
+        state.bi[b, 1] = advance_ticks_nb(state.bi[b, 1], long_)
+        e = s.basket_target[b]
+        if state.bi[b, 1] >= bp[BK_CONSEC] and state.sf[e, SF_QTY] > 0:
+            if state.sf[e, SF_PENDING] >= 0:
+                _exit_nb(state, e, now, C.ORDER_BASKET_EXIT)
+                decisions[e] = C.EXIT_SIGNAL
+                counts[C.EXIT_SIGNAL] += 1
+            continue
+        if state.bi[b, 0] < bp[BK_CONSEC]:
+            continue
+        if now - state.si[e, SI_LAST_ORDER] < p[P_ETF_LOCK]:
+            code = C.ETF_LOCK
+        elif state.sf[e, SF_QTY] > 0 or state.sf[e, SF_PENDING] != 0:
+            code = C.IN_POSITION
+        elif math.isnan(state.sf[e, SF_LAST]):
+            code = C.RISK  # no price seen yet for the ETF: cannot size
+        else:
+            code = _entry_nb(state, e, now, equity, p, s, p[P_CAP_ETF], C.ORDER_BASKET_ENTRY, mtc)
+        if code == C.ACTIONABLE:
+            state.si[e, SI_LAST_ORDER] = now
+        decisions[e] = code
+        counts[code] += 1
+
+
+@njit(cache=True, parallel=True)
+def run_nb(
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, scores: np.ndarray,
+    events: np.ndarray, close_epoch: np.ndarray, day: np.ndarray, mtc: np.ndarray, pmat: np.ndarray,
+    s: Structure, init_cash: float, record_decisions: bool, order_capacity: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run every parameter set (rows of `pmat`) over all bars, side by side (prange over sets).
+
+    Returns equity (T, K), cash (T, K), decisions (K, T, N) (or (K, 1, N) when not recorded),
+    counts (K, codes), stats (K, N_STATS), order ints (K, cap, 5), order floats (K, cap, 3) and
+    order counts (K,).
+    """
+    t_total, n_sym = c.shape
+    n_sets = pmat.shape[0]
+    n_b = s.basket_members.shape[0]
+    equity = np.empty((t_total, n_sets))
+    cash = np.empty((t_total, n_sets))
+    dec_t = t_total if record_decisions else 1
+    decisions = np.zeros((n_sets, dec_t, n_sym), dtype=np.int8)
+    counts = np.zeros((n_sets, C.N_DECISIONS), dtype=np.int64)
+    stats = np.zeros((n_sets, N_STATS))
+    ob_i = np.zeros((n_sets, order_capacity, 5), dtype=np.int64)
+    ob_f = np.zeros((n_sets, order_capacity, 3))
+    n_orders = np.zeros((n_sets, 1), dtype=np.int64)
+    for k in prange(n_sets):
+        state = _new_state_nb(n_sym, n_b, init_cash)
+        p = pmat[k]
+        dec_row = np.zeros(n_sym, dtype=np.int8)
+        fresh = np.zeros(n_sym, dtype=np.bool_)
+        for t in range(t_total):
+            step_nb(state, t, o[t], h[t], low[t], c[t], scores[t], events[t], close_epoch, day[t], mtc[t],
+                    p, s, dec_row, counts[k], stats[k], ob_i[k], ob_f[k], n_orders[k], fresh)
+            if record_decisions:
+                decisions[k, t] = dec_row
+            equity[t, k] = equity_nb(state)
+            cash[t, k] = state.f[F_CASH]
+    return equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0]

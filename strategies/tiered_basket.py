@@ -1,0 +1,335 @@
+"""The shipped strategy: tiered evaluation, token budget, gates, risk, baskets (SPEC §1-§6).
+
+`TieredBasketStrategy.run(panel, params_list)` is the history driver: scores once per distinct
+score model, then `kernel.run_nb` with every parameter set as a column. `walk(...)` drives the very
+same `kernel.step_nb` from a Python loop, bar by bar, from a saved state: that is what the live
+runner does, and the tests hold the two drivers to identical decisions.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from data.bars import Panel
+from strategies import codes as C
+from strategies import kernel as K
+from strategies.base import ORDER_DTYPE, RunResult, Strategy
+from strategies.params import Params
+from strategies.rules.risk import kelly_fraction_nb
+from strategies.score import score_nb
+from strategies.space import Constraint, FloatParam, IntParam
+from tierlab.errors import ConfigError, DataError
+
+SCORE_FIELDS = ("mom_window", "vol_window", "vwap_window", "w_mom", "w_vwap", "score_gain", "spike_mult")
+STRUCTURE_FIELDS = ("tier_a", "tier_b", "tier_bench", "inverse_etfs", "other_etfs", "baskets", "conflicts")
+
+
+@dataclass(frozen=True)
+class BarInputs:
+    """Everything the kernel reads, as aligned arrays over the panel's bars (T) and symbols (N)."""
+
+    index: pd.DatetimeIndex
+    symbols: tuple[str, ...]
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    scores: np.ndarray
+    events: np.ndarray
+    close_epoch: np.ndarray
+    day: np.ndarray
+    minutes_to_close: np.ndarray
+
+
+def param_matrix(params_list: Sequence[Params]) -> np.ndarray:
+    """The (K, P) float matrix of scalar parameters the kernel reads (kernel.P_NAMES order)."""
+    rows = []
+    for p in params_list:
+        d = p.model_dump()
+        d["cutoff_eff"] = p.effective_cutoff
+        d["strong_cut"] = p.effective_cutoff + p.strong_margin
+        rows.append([float(d[name]) for name in K.P_NAMES])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), K.N_PARAMS)
+
+
+def structure(p: Params) -> K.Structure:
+    """The universe's shape for the kernel: tiers, basket membership and targets, conflicts."""
+    uni = p.universe
+    col = {s: j for j, s in enumerate(uni)}
+    tier = np.array([0] * len(p.tier_a) + [1] * len(p.tier_b) + [2] * len(p.tier_bench)
+                    + [3] * (len(p.inverse_etfs) + len(p.other_etfs)), dtype=np.int64)
+    nb = len(p.baskets)
+    members = np.zeros((nb, len(uni)), dtype=np.bool_)
+    target = np.zeros(nb, dtype=np.int64)
+    bparams = np.zeros((nb, 4))
+    for b, bk in enumerate(p.baskets):
+        for m in bk.members:
+            members[b, col[m]] = True
+        target[b] = col[bk.target]
+        bparams[b] = (bk.min_signals, bk.neg_share, bk.mean_threshold, bk.consecutive)
+    conflict = np.zeros((len(uni), len(uni)), dtype=np.bool_)
+    for a, b in p.conflicts:
+        conflict[col[a], col[b]] = conflict[col[b], col[a]] = True
+    return K.Structure(tier, members, target, bparams, conflict)
+
+
+class TieredBasketStrategy(Strategy):
+    """Tiered momentum/VWAP scores gated by SPEC §2-§6; short exposure only via inverse ETFs."""
+
+    name: ClassVar[str] = "tiered_basket"
+    params_cls: ClassVar[type] = Params
+    search_space: ClassVar[dict[str, Any]] = {
+        "cutoff": FloatParam(0.25, 0.7, step=0.05),
+        "cutoff_delta": FloatParam(-0.1, 0.05, step=0.01),
+        "cooldown_s": IntParam(60, 600, step=30),
+        "direction_lock_s": IntParam(60, 900, step=60),
+        "stop_loss_pct": FloatParam(0.005, 0.03, step=0.0025),
+        "take_profit_pct": FloatParam(0.01, 0.06, step=0.005),
+        "mom_window": IntParam(5, 30, step=5),
+    }
+    constraints: ClassVar[tuple[Constraint, ...]] = (
+        Constraint(lambda v: v["cutoff"] + v["cutoff_delta"] > 0, "cutoff + cutoff_delta > 0"),
+        Constraint(lambda v: v["take_profit_pct"] >= v["stop_loss_pct"], "take_profit_pct >= stop_loss_pct"),
+    )
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params if params is not None else Params.preset("default"))
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def prepare(self, panel: Panel, events: pd.DataFrame | None = None, params: Params | None = None) -> BarInputs:
+        """Align the panel to the universe, score it, and mark events (filings + volume spikes)."""
+        from data.calendar import session_info
+
+        p = params or self.params
+        missing = [s for s in p.universe if s not in panel.symbols]
+        if missing:
+            raise DataError(f"panel lacks universe symbol(s) {', '.join(missing)}; it has {', '.join(panel.symbols)}")
+        pn = panel.select(p.universe)
+        info = session_info(pn.index)
+        scores, spikes = self._score_arrays(pn, info.day, p)
+        ev = spikes.copy()
+        if events is not None and len(events):
+            from data.events import events_mask
+
+            ev |= events_mask(events, pn.index, pn.symbols)
+        ev[:, len(p.stocks):] = False
+        return BarInputs(pn.index, pn.symbols, pn.open, pn.high, pn.low, pn.close, scores, ev,
+                         np.asarray(info.close_epoch, dtype=np.int64), np.asarray(info.day, dtype=np.int64),
+                         np.asarray(info.minutes_to_close, dtype=np.int64))
+
+    def _score_arrays(self, pn: Panel, day: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray]:
+        scores, spikes = score_nb(pn.open, pn.high, pn.low, pn.close, pn.volume, np.asarray(day, dtype=np.int64),
+                                  p.mom_window, p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain,
+                                  p.spike_mult)
+        n_stocks = len(p.stocks)
+        scores[:, n_stocks:] = np.nan  # ETFs are traded by baskets only, never scored
+        return scores, spikes
+
+    def score(self, panel: Panel) -> np.ndarray:
+        """Scores (T, N) in [-1, 1] for the panel's own symbols (causal; NaN where not fresh)."""
+        from data.calendar import session_info
+
+        p = self.params
+        day = np.asarray(session_info(panel.index).day, dtype=np.int64)
+        return score_nb(panel.open, panel.high, panel.low, panel.close, panel.volume, day, p.mom_window,
+                        p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain, p.spike_mult)[0]
+
+    # ---- the history driver -------------------------------------------------------------------
+    def run(
+        self,
+        panel: Panel,
+        params_list: Sequence[Params] | None = None,
+        *,
+        events: pd.DataFrame | None = None,
+        init_cash: float = 10_000.0,
+        record: bool | None = None,
+        progress: bool = False,
+    ) -> RunResult:
+        """Walk the panel once per parameter set (side by side) and collect orders and equity.
+
+        `record` keeps (K, T, N) decisions; by default only for up to 8 sets.
+        """
+        plist = list(params_list) if params_list is not None else [self.params]
+        if not plist:
+            raise ConfigError("params_list is empty")
+        base = plist[0]
+        for q in plist[1:]:
+            for f in STRUCTURE_FIELDS:
+                if getattr(q, f) != getattr(base, f):
+                    raise ConfigError(f"params_list: every set must share {f}; set differs: {getattr(q, f)!r}")
+        if init_cash <= 0:
+            raise ConfigError(f"init_cash must be > 0, got {init_cash}")
+        record = len(plist) <= 8 if record is None else record
+        groups: dict[tuple, list[int]] = {}
+        for k, q in enumerate(plist):
+            groups.setdefault(tuple(getattr(q, f) for f in SCORE_FIELDS), []).append(k)
+        iterator: Any = groups.values()
+        if progress and len(groups) > 1:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(groups), desc="score models", unit="model")
+        results = [(ks, self.run_inputs(self.prepare(panel, events, plist[ks[0]]), [plist[k] for k in ks],
+                                         init_cash=init_cash, record=record)) for ks in iterator]
+        return results[0][1] if len(results) == 1 else _merge(results, plist)
+
+    def run_inputs(
+        self, inputs: BarInputs, params_list: Sequence[Params] | None = None, *, init_cash: float = 10_000.0,
+        record: bool = True,
+    ) -> RunResult:
+        """Run the kernel on prepared (or hand-made) inputs; all sets share `inputs.scores`."""
+        plist = list(params_list) if params_list is not None else [self.params]
+        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders = run_arrays(
+            inputs, plist, structure(plist[0]), init_cash, record)
+        orders = np.concatenate([_orders(k, ob_i[k], ob_f[k], int(n_orders[k])) for k in range(len(plist))])
+        extras = {name: stats[:, i] for i, name in enumerate(K.STAT_NAMES)}
+        extras["token_wants"] = stats[:, K.ST_WANT_A:K.ST_WANT_R + 1]
+        extras["token_overflows"] = stats[:, K.ST_OVER_A:K.ST_OVER_R + 1]
+        return RunResult(
+            index=inputs.index, symbols=inputs.symbols, init_cash=float(init_cash), orders=orders, equity=equity,
+            cash=cash, reason_counts=counts, decisions=decisions if record else None, scores=inputs.scores,
+            params=plist, extras=extras,
+        )
+
+    # ---- the bar-by-bar driver ----------------------------------------------------------------
+    def new_state(self, init_cash: float = 10_000.0) -> K.State:
+        """A fresh state for this strategy's universe."""
+        return K.new_state(len(self.params.universe), len(self.params.baskets), init_cash)
+
+    def walk(self, inputs: BarInputs, state: K.State, start: int = 0, stop: int | None = None) -> WalkLog:
+        """Drive `kernel.step_nb` from Python over bars [start, stop) of `inputs`, mutating `state`."""
+        p = param_matrix([self.params])[0]
+        st = structure(self.params)
+        n = len(inputs.symbols)
+        stop = len(inputs.index) if stop is None else stop
+        log = WalkLog.empty(stop - start, n)
+        ob_i = np.zeros((4 * (stop - start) + 16, 5), dtype=np.int64)
+        ob_f = np.zeros((4 * (stop - start) + 16, 3))
+        n_orders = np.zeros(1, dtype=np.int64)
+        fresh = np.zeros(n, dtype=np.bool_)
+        for r, t in enumerate(range(start, stop)):
+            K.step_nb(state, t, inputs.open[t], inputs.high[t], inputs.low[t], inputs.close[t], inputs.scores[t],
+                      inputs.events[t], inputs.close_epoch, inputs.day[t], inputs.minutes_to_close[t], p, st,
+                      log.decisions[r], log.counts, log.stats, ob_i, ob_f, n_orders, fresh)
+            log.equity[r] = K.equity_nb(state)
+            log.cash[r] = state.f[K.F_CASH]
+        log.orders = _orders(0, ob_i, ob_f, int(n_orders[0]))
+        return log
+
+    def risk_summary(self, state: K.State) -> dict[str, Any]:
+        """The old bot's /portfolio/summary fields (SPEC §5) for a state."""
+        return risk_summary(state, self.params)
+
+
+@dataclass
+class WalkLog:
+    """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders."""
+
+    decisions: np.ndarray
+    equity: np.ndarray
+    cash: np.ndarray
+    counts: np.ndarray
+    stats: np.ndarray
+    orders: np.ndarray
+
+    @classmethod
+    def empty(cls, n_bars: int, n_sym: int) -> WalkLog:
+        """Zeroed buffers for n_bars bars."""
+        return cls(np.zeros((n_bars, n_sym), dtype=np.int8), np.zeros(n_bars), np.zeros(n_bars),
+                   np.zeros(C.N_DECISIONS, dtype=np.int64), np.zeros(K.N_STATS), np.zeros(0, dtype=ORDER_DTYPE))
+
+
+def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cash: float, record: bool) -> tuple:
+    """Run `kernel.run_nb` on prepared inputs, growing the order buffer until every fill fits."""
+    pmat = param_matrix(plist)
+    n_days = max(1, len(np.unique(inputs.day)))
+    capacity = 64 + 24 * n_days
+    while True:
+        out = K.run_nb(inputs.open, inputs.high, inputs.low, inputs.close, inputs.scores, inputs.events,
+                       inputs.close_epoch, inputs.day, inputs.minutes_to_close, pmat, st, float(init_cash),
+                       record, capacity)
+        fills = out[4][:, K.ST_FILLS]
+        if fills.max(initial=0) <= capacity:
+            return out
+        capacity = int(fills.max()) + 16  # exact size known from the first pass
+
+
+def _merge(results: list[tuple[list[int], RunResult]], plist: list[Params]) -> RunResult:
+    """Put the runs of several score-model groups back into the caller's set order."""
+    n = len(plist)
+    where: dict[int, tuple[RunResult, int]] = {k: (r, local) for ks, r in results for local, k in enumerate(ks)}
+    first = results[0][1]
+    orders = []
+    for k in range(n):
+        r, local = where[k]
+        o = r.orders[r.orders["set"] == local].copy()
+        o["set"] = k
+        orders.append(o)
+    def pick(attr: str, axis: int) -> np.ndarray:
+        return np.stack([np.take(getattr(where[k][0], attr), where[k][1], axis=axis) for k in range(n)], axis=axis)
+    extras = {name: np.stack([where[k][0].extras[name][where[k][1]] for k in range(n)]) for name in first.extras}
+    return RunResult(
+        index=first.index, symbols=first.symbols, init_cash=first.init_cash, orders=np.concatenate(orders),
+        equity=pick("equity", 1), cash=pick("cash", 1), reason_counts=pick("reason_counts", 0),
+        decisions=pick("decisions", 0) if first.decisions is not None else None, scores=None, params=plist,
+        extras=extras,
+    )
+
+
+def _orders(set_: int, ob_i: np.ndarray, ob_f: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(int(n), dtype=ORDER_DTYPE)
+    out["set"] = set_
+    out["bar"] = ob_i[:n, K.OI_BAR]
+    out["decision_bar"] = ob_i[:n, K.OI_DEC]
+    out["col"] = ob_i[:n, K.OI_COL]
+    out["side"] = ob_i[:n, K.OI_SIDE]
+    out["reason"] = ob_i[:n, K.OI_REASON]
+    out["qty"] = ob_f[:n, K.OF_QTY]
+    out["price"] = ob_f[:n, K.OF_PRICE]
+    out["fees"] = ob_f[:n, K.OF_FEES]
+    return out
+
+
+def risk_summary(state: K.State, p: Params) -> dict[str, Any]:
+    """current_risk_pct, max_risk_pct, risk_status, remaining_capacity, ... of SPEC §5."""
+    pv = param_matrix([p])[0]
+    equity = float(K.equity_nb(state))
+    n_open, exposure, risk = K._book_nb(state, pv)
+    current = risk / equity if equity > 0 else float("inf")
+    day_loss = 1.0 - equity / state.f[K.F_DAY_START_EQ] if state.f[K.F_DAY_START_EQ] > 0 else 0.0
+    blocked = current >= p.max_concurrent_risk or day_loss >= p.daily_loss_limit or n_open >= p.max_positions
+    warning = current >= 0.75 * p.max_concurrent_risk or day_loss >= 0.75 * p.daily_loss_limit
+    kelly = float(kelly_fraction_nb(int(state.i[K.I_N_CLOSED]), int(state.i[K.I_N_WINS]),
+                                    float(state.f[K.F_SUM_WIN]), float(state.f[K.F_SUM_LOSS])))
+    return {
+        "current_risk_pct": 100.0 * current,
+        "max_risk_pct": 100.0 * p.max_concurrent_risk,
+        "risk_status": "blocked" if blocked else ("warning" if warning else "safe"),
+        "remaining_capacity": max(0.0, 100.0 * (p.max_concurrent_risk - current)),
+        "daily_loss_limit": 100.0 * p.daily_loss_limit,
+        "risk_per_trade": 100.0 * p.risk_per_trade,
+        "max_positions": p.max_positions,
+        "open_positions": n_open,
+        "exposure_pct": 100.0 * exposure / equity if equity > 0 else 0.0,
+        "stop_loss_pct": 100.0 * p.stop_loss_pct,
+        "kelly_fraction": None if np.isnan(kelly) else kelly,
+        "equity": equity,
+    }
+
+
+def state_to_bytes(state: K.State) -> bytes:
+    """Serialize a state exactly (npz) so the live runner can save it after every bar."""
+    buf = io.BytesIO()
+    np.savez(buf, **state._asdict())
+    return buf.getvalue()
+
+
+def state_from_bytes(blob: bytes) -> K.State:
+    """Inverse of `state_to_bytes`."""
+    with np.load(io.BytesIO(blob)) as z:
+        return K.State(*(np.array(z[f]) for f in K.State._fields))
