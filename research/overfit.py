@@ -89,11 +89,14 @@ class DeflatedSharpe(NamedTuple):
     kurtosis: float
 
 
-def deflated_sharpe_from_returns(returns: np.ndarray, trial_sharpes: np.ndarray) -> DeflatedSharpe:
+def deflated_sharpe_from_returns(
+    returns: np.ndarray, trial_sharpes: np.ndarray, n_trials: int | None = None
+) -> DeflatedSharpe:
     """DSR of the selected trial's `returns`, deflated by the spread of all `trial_sharpes` (per observation).
 
-    `trial_sharpes` holds the Sharpe ratio of every trial tried (the selected one included), each
-    measured on the same observations as `returns`.
+    `trial_sharpes` holds the Sharpe ratio of the trials (the selected one included), each measured
+    on the same observations as `returns`. `n_trials` (default: their count) is the number of
+    trials tried, when more were tried than have a full return series (e.g. pruned ones).
     """
     r = np.asarray(returns, dtype=np.float64)
     r = r[np.isfinite(r)]
@@ -105,7 +108,7 @@ def deflated_sharpe_from_returns(returns: np.ndarray, trial_sharpes: np.ndarray)
     sd = r.std(ddof=1)
     skew = float(stats.skew(r)) if sd > 0 else 0.0
     kurt = float(stats.kurtosis(r, fisher=False)) if sd > 0 else 3.0
-    n = max(int(srs.size), 1)
+    n = max(int(srs.size), int(n_trials or 0), 1)
     var = float(srs.var(ddof=1)) if srs.size > 1 else 0.0
     sr0 = expected_max_sharpe(n, var)
     dsr = probabilistic_sharpe_ratio(sr, sr0, int(r.size), skew, kurt)
