@@ -1,0 +1,62 @@
+"""CLI: `python -m live.sim --port 8765 --replay 2024-11-01 --speed 60` serves catalog bars on loopback.
+
+--speed 0 is step mode (advance with POST /sim/step). Keys: --key/--secret, else SIM_API_KEY /
+SIM_SECRET_KEY, else the test defaults. --sample writes the bundled sample into the catalog first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from live.sim.engine import SimConfig
+from live.sim.server import SimServer
+from tierlab.errors import TierlabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, load the replay panel from the catalog and serve until interrupted."""
+    ap = argparse.ArgumentParser(prog="python -m live.sim", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1", help="loopback address only (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--replay", required=True, help="first session date to replay (YYYY-MM-DD)")
+    ap.add_argument("--end", help="last session date (default: the --replay date)")
+    ap.add_argument("--symbols", help="comma-separated symbols (default: all in the catalog)")
+    ap.add_argument("--speed", type=float, default=60.0, help="x real time; 0 = step mode")
+    ap.add_argument("--slippage", type=float, default=SimConfig.slippage)
+    ap.add_argument("--fee-per-share", type=float, default=SimConfig.fee_per_share)
+    ap.add_argument("--fee-per-order", type=float, default=SimConfig.fee_per_order)
+    ap.add_argument("--cash", type=float, default=SimConfig.initial_cash)
+    ap.add_argument("--max-volume-share", type=float, default=SimConfig.max_volume_share)
+    ap.add_argument("--key")
+    ap.add_argument("--secret")
+    ap.add_argument("--sample", action="store_true", help="write the bundled synthetic sample if missing")
+    a = ap.parse_args(argv)
+    try:
+        from live.sim.server import loopback_host
+
+        loopback_host(a.host)  # fail before touching the catalog
+        from data.catalog import Catalog
+
+        cat = Catalog()
+        if a.sample:
+            from data.sample import ensure_sample
+
+            ensure_sample(cat)
+        syms = a.symbols.split(",") if a.symbols else None
+        panel = cat.read_panel(syms, a.replay, a.end or a.replay)
+        cfg = SimConfig(slippage=a.slippage, fee_per_share=a.fee_per_share, fee_per_order=a.fee_per_order,
+                        initial_cash=a.cash, max_volume_share=a.max_volume_share)
+        server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed, api_key=a.key, secret_key=a.secret)
+        asyncio.run(server.serve())
+    except TierlabError as e:
+        print(f"live.sim: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
