@@ -1,0 +1,333 @@
+"""KPIs of a RunResult: the usual performance figures per parameter set, and SPEC §8's signal KPIs.
+
+One definition each, used by the single-set backtest, the grid and the report:
+- equity figures from RunResult.equity/cash (T, K): total return, CAGR (252 sessions a year),
+  Sharpe and Sortino of daily returns (New York session days; vectorbt's returns accessor, 252
+  days a year, risk-free 0), max drawdown of the per-bar equity, Calmar = CAGR / |max drawdown|,
+  exposure = mean share of equity held in positions;
+- trade figures from round trips (a trade opens when a symbol's position leaves 0 and closes when
+  it returns to 0): n_trades (closed), win rate, profit factor, stop-out rate (closing order reason
+  `stop`), MAE/MFE (worst/best low/high from the entry bar to the exit, relative to the entry
+  price), fees, turnover (traded notional / mean equity);
+- signal KPIs from reason_counts, decisions and extras (SPEC §8), per New York hour and in total.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import vectorbt  # noqa: F401  (registers the .vbt accessor)
+from numba import njit
+
+from strategies import codes
+from strategies.base import RunResult
+
+NY = "America/New_York"
+SESSIONS_PER_YEAR = 252
+STRONG_MARGIN = 0.2  # SPEC §3: strong signal at |score| >= cutoff + 0.2
+FLIP_WINDOW_S = 600  # SPEC §8: direction changes within 10 minutes
+TIERS = ("A", "B", "Reserve")
+
+TRADE_COLUMNS = (
+    "set", "col", "entry_bar", "exit_bar", "qty", "entry_price", "exit_price", "pnl", "ret",
+    "exit_reason", "mae", "mfe", "is_open",
+)
+
+
+def session_days(index: pd.DatetimeIndex) -> np.ndarray:
+    """Ordinal of the New York date of each bar (an RTH session never crosses NY midnight)."""
+    return index.tz_convert(NY).tz_localize(None).normalize().as_unit("s").asi8 // 86_400
+
+
+def epoch_seconds(index: pd.DatetimeIndex) -> np.ndarray:
+    """Epoch seconds of each bar start, whatever the index's resolution (pandas 3 may use us)."""
+    return index.as_unit("s").asi8
+
+
+def equity_metrics(equity: np.ndarray, cash: np.ndarray, index: pd.DatetimeIndex, init_cash: float) -> pd.DataFrame:
+    """Return-based figures per set (rows) from (T, K) equity and cash at each bar close."""
+    equity = np.asarray(equity, dtype=np.float64).reshape(len(index), -1)
+    cash = np.asarray(cash, dtype=np.float64).reshape(len(index), -1)
+    days = session_days(index)
+    last_of_day = np.flatnonzero(np.r_[days[1:] != days[:-1], True])
+    daily = np.vstack([np.full((1, equity.shape[1]), init_cash), equity[last_of_day]])
+    rets = pd.DataFrame(daily[1:] / daily[:-1] - 1.0, index=index[last_of_day])
+    acc = rets.vbt.returns(freq="1D", year_freq=f"{SESSIONS_PER_YEAR}D")
+    final = equity[-1]
+    years = len(last_of_day) / SESSIONS_PER_YEAR
+    total = final / init_cash - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cagr = np.where(final > 0, (final / init_cash) ** (1.0 / years) - 1.0, -1.0)
+        peak = np.maximum(np.maximum.accumulate(equity, axis=0), init_cash)
+        max_dd = (equity / peak - 1.0).min(axis=0)
+        calmar = np.where(max_dd < 0, cagr / np.abs(max_dd), np.nan)
+        exposure = np.nanmean((equity - cash) / equity, axis=0)
+    return pd.DataFrame(
+        {
+            "total_return": total,
+            "cagr": cagr,
+            "sharpe": np.asarray(acc.sharpe_ratio(), dtype=float).reshape(-1),
+            "sortino": np.asarray(acc.sortino_ratio(), dtype=float).reshape(-1),
+            "calmar": calmar,
+            "max_drawdown": max_dd,
+            "exposure": exposure,
+            "final_equity": final,
+        }
+    )
+
+
+@njit(cache=True)
+def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, low, high, last_close):
+    """Round trips from orders sorted by (set, col, fill order); MAE/MFE from bars in between.
+
+    Returns a (n_trades, 13) float array in TRADE_COLUMNS order. An open trade at the end is
+    marked at `last_close` of its column (is_open = 1, exit_bar = -1).
+    """
+    n = len(set_)
+    out = np.full((n + 1, 13), np.nan)
+    m = 0
+    i = 0
+    T = low.shape[0]
+    while i < n:
+        s, c = set_[i], col[i]
+        pos = 0.0
+        cost = 0.0
+        proceeds = 0.0
+        fee = 0.0
+        entry_bar = -1
+        bought = 0.0
+        while i < n and set_[i] == s and col[i] == c:
+            if pos == 0.0:
+                entry_bar = bar[i]
+                cost = proceeds = fee = bought = 0.0
+            pos += side[i] * qty[i]
+            fee += fees[i]
+            if side[i] > 0:
+                cost += qty[i] * price[i]
+                bought += qty[i]
+            else:
+                proceeds += qty[i] * price[i]
+            closed = abs(pos) < 1e-9
+            last_of_col = i + 1 >= n or set_[i + 1] != s or col[i + 1] != c
+            if closed or last_of_col:
+                entry_px = cost / bought if bought > 0 else np.nan
+                exit_bar = bar[i] if closed else -1
+                stop = exit_bar if closed else T
+                lo, hi = np.inf, -np.inf
+                for t in range(entry_bar, stop):
+                    if not np.isnan(low[t, c]):
+                        lo = min(lo, low[t, c])
+                        hi = max(hi, high[t, c])
+                if closed:
+                    exit_px = proceeds / bought
+                    lo = min(lo, exit_px)
+                    hi = max(hi, exit_px)
+                    pnl = proceeds - cost - fee
+                else:
+                    exit_px = last_close[c]
+                    pnl = proceeds + pos * exit_px - cost - fee
+                out[m, 0] = s
+                out[m, 1] = c
+                out[m, 2] = entry_bar
+                out[m, 3] = exit_bar
+                out[m, 4] = bought
+                out[m, 5] = entry_px
+                out[m, 6] = exit_px
+                out[m, 7] = pnl
+                out[m, 8] = pnl / cost if cost > 0 else np.nan
+                out[m, 9] = reason[i] if closed else 0
+                out[m, 10] = lo / entry_px - 1.0 if lo < np.inf else 0.0
+                out[m, 11] = hi / entry_px - 1.0 if hi > -np.inf else 0.0
+                out[m, 12] = 0.0 if closed else 1.0
+                m += 1
+                if closed:
+                    pos = 0.0
+            i += 1
+    return out[:m]
+
+
+def round_trips(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray) -> pd.DataFrame:
+    """All round-trip trades of all sets as a DataFrame (TRADE_COLUMNS)."""
+    o = result.orders
+    order = np.lexsort((np.arange(len(o)), o["bar"], o["col"], o["set"]))
+    o = o[order]
+    last_close = pd.DataFrame(close).ffill().to_numpy()[-1] if len(close) else np.zeros(close.shape[1])
+    arr = round_trips_nb(
+        o["set"].astype(np.int64), o["col"].astype(np.int64), o["bar"], o["side"].astype(np.float64),
+        o["qty"], o["price"], o["fees"], o["reason"].astype(np.int64), low, high, last_close,
+    )
+    df = pd.DataFrame(arr, columns=list(TRADE_COLUMNS))
+    for name in ("set", "col", "entry_bar", "exit_bar", "exit_reason"):
+        df[name] = df[name].astype(np.int64)
+    df["is_open"] = df["is_open"].astype(bool)
+    return df
+
+
+def trade_metrics(trades: pd.DataFrame, result: RunResult) -> pd.DataFrame:
+    """Trade figures per set (rows 0..K-1) from round trips and orders."""
+    K = result.n_sets
+    closed = trades[~trades["is_open"]]
+    g = closed.groupby("set")
+    wins = g["pnl"].apply(lambda x: x[x > 0].sum())
+    losses = g["pnl"].apply(lambda x: -x[x < 0].sum())
+    o = result.orders
+    notional = np.bincount(o["set"], weights=o["qty"] * o["price"], minlength=K)
+    fees = np.bincount(o["set"], weights=o["fees"], minlength=K)
+    out = pd.DataFrame(index=pd.RangeIndex(K))
+    out["n_trades"] = g.size().reindex(out.index, fill_value=0).astype(np.int64)
+    out["win_rate"] = g["pnl"].apply(lambda x: (x > 0).mean()).reindex(out.index)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pf = wins / losses
+    out["profit_factor"] = pf.reindex(out.index)
+    out["stop_out_rate"] = g["exit_reason"].apply(lambda x: (x == codes.ORDER_STOP).mean()).reindex(out.index)
+    out["mae_median"] = g["mae"].median().reindex(out.index)
+    out["mfe_median"] = g["mfe"].median().reindex(out.index)
+    out["fees"] = fees
+    out["turnover"] = notional / np.maximum(result.equity.mean(axis=0), 1e-9)
+    out["n_orders"] = np.bincount(o["set"], minlength=K)
+    return out
+
+
+def metrics(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray, *, chunk: int = 32) -> pd.DataFrame:
+    """Every per-set figure in one tidy table (one row per set), equity figures in column chunks."""
+    parts = [
+        equity_metrics(result.equity[:, a : a + chunk], result.cash[:, a : a + chunk], result.index, result.init_cash)
+        for a in range(0, result.n_sets, chunk)
+    ]
+    eq = pd.concat(parts, ignore_index=True)
+    trades = round_trips(result, low, high, close)
+    return pd.concat([eq, trade_metrics(trades, result)], axis=1)
+
+
+# --- SPEC §8 signal KPIs ----------------------------------------------------------------------
+
+_DIRECTION = np.zeros(codes.N_DECISIONS, dtype=np.int8)
+_DIRECTION[codes.ACTIONABLE] = 1
+_DIRECTION[codes.EXIT_SIGNAL] = -1
+_DIRECTION[codes.EVIDENCE] = -1
+
+
+@njit(cache=True)
+def flip_flops_nb(direction: np.ndarray, seconds: np.ndarray, window_s: int) -> np.ndarray:
+    """(T, N) bool: a signal whose direction reverses the ticker's previous signal within `window_s`."""
+    T, N = direction.shape
+    out = np.zeros((T, N), dtype=np.bool_)
+    for j in range(N):
+        last_dir = 0
+        last_t = 0
+        for t in range(T):
+            d = direction[t, j]
+            if d == 0:
+                continue
+            if last_dir != 0 and d != last_dir and seconds[t] - last_t <= window_s:
+                out[t, j] = True
+            last_dir = d
+            last_t = seconds[t]
+    return out
+
+
+def _cutoff(params: Any) -> float | None:
+    cutoff = getattr(params, "cutoff", None)
+    if cutoff is None:
+        return None
+    return float(cutoff) + float(getattr(params, "cutoff_delta", 0.0) or 0.0)
+
+
+def _strong(result: RunResult, set_: int, evaluated: np.ndarray) -> np.ndarray | None:
+    params = result.params[set_] if len(result.params) > set_ else None
+    cutoff = _cutoff(params)
+    if result.scores is None or cutoff is None:
+        return None
+    return evaluated & (np.abs(np.nan_to_num(result.scores)) >= cutoff + STRONG_MARGIN)
+
+
+def signal_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> dict[str, float]:
+    """SPEC §8 KPIs of one set in total: generated vs suppressed by reason, strong-signal rate,
+    flip-flops, direction-lock hits, token overflow rate (total and per tier), LLM calls, stop-out
+    rate, MAE/MFE medians. Figures that need per-bar decisions are NaN when none were recorded."""
+    counts = result.reason_counts[set_]
+    out: dict[str, float] = {}
+    generated = int(counts.sum() - counts[codes.NOT_EVALUATED])
+    out["signals_generated"] = generated
+    for c in codes.SUPPRESSION_CODES:
+        out[f"suppressed_{codes.DECISION_NAMES[c]}"] = int(counts[c])
+    out["suppressed_total"] = int(sum(counts[c] for c in codes.SUPPRESSION_CODES))
+    for c in (codes.ACTIONABLE, codes.EXIT_SIGNAL, codes.EVIDENCE):
+        out[codes.DECISION_NAMES[c]] = int(counts[c])
+    out["direction_lock_hits"] = int(counts[codes.DIRECTION_LOCK])
+    evaluated_n = generated - int(counts[codes.TOKEN])
+    ex = result.extras
+    if "strong_signals" in ex:
+        out["strong_signal_rate"] = float(ex["strong_signals"][set_]) / evaluated_n if evaluated_n else np.nan
+    elif result.decisions is not None and (strong := _strong(result, set_, _evaluated(result.decisions[set_]))) is not None:
+        out["strong_signal_rate"] = float(strong.sum()) / evaluated_n if evaluated_n else np.nan
+    else:
+        out["strong_signal_rate"] = np.nan
+    if "token_wants" in ex and "token_overflows" in ex:
+        wants, over = np.asarray(ex["token_wants"][set_], float), np.asarray(ex["token_overflows"][set_], float)
+        out["token_overflow_rate"] = over.sum() / wants.sum() if wants.sum() else 0.0
+        for i, tier in enumerate(TIERS[: len(wants)]):
+            out[f"token_overflow_rate_{tier}"] = over[i] / wants[i] if wants[i] else 0.0
+    else:
+        wanted = generated
+        out["token_overflow_rate"] = counts[codes.TOKEN] / wanted if wanted else 0.0
+    out["llm_calls"] = float(np.asarray(ex["llm_calls"])[set_]) if "llm_calls" in ex else 0.0
+    if result.decisions is not None:
+        d = result.decisions[set_]
+        flips = flip_flops_nb(_DIRECTION[d], epoch_seconds(result.index), FLIP_WINDOW_S)
+        n_sig = int((_DIRECTION[d] != 0).sum())
+        out["flip_flops"] = int(flips.sum())
+        out["flip_flop_rate"] = flips.sum() / n_sig if n_sig else 0.0
+    else:
+        out["flip_flops"] = out["flip_flop_rate"] = np.nan
+    closed = trades[(trades["set"] == set_) & ~trades["is_open"]]
+    out["stop_out_rate"] = float((closed["exit_reason"] == codes.ORDER_STOP).mean()) if len(closed) else np.nan
+    out["mae_median"] = float(closed["mae"].median()) if len(closed) else np.nan
+    out["mfe_median"] = float(closed["mfe"].median()) if len(closed) else np.nan
+    return out
+
+
+def _evaluated(d: np.ndarray) -> np.ndarray:
+    return (d != codes.NOT_EVALUATED) & (d != codes.TOKEN)
+
+
+def hourly_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> pd.DataFrame:
+    """SPEC §8 KPIs per New York hour (rows 9..15): needs recorded decisions for signal columns."""
+    hours = result.index.tz_convert(NY).hour.to_numpy()
+    out = pd.DataFrame(index=pd.Index(sorted(set(hours.tolist())), name="ny_hour"))
+    if result.decisions is not None:
+        d = result.decisions[set_]
+        per_code = np.zeros((len(out), codes.N_DECISIONS), dtype=np.int64)
+        pos = out.index.get_indexer(hours)
+        for c in range(1, codes.N_DECISIONS):
+            per_code[:, c] = np.bincount(pos, weights=(d == c).sum(axis=1), minlength=len(out))
+        out["signals_generated"] = per_code.sum(axis=1)
+        for c in codes.SUPPRESSION_CODES:
+            out[f"suppressed_{codes.DECISION_NAMES[c]}"] = per_code[:, c]
+        out["actionable"] = per_code[:, codes.ACTIONABLE]
+        out["direction_lock_hits"] = per_code[:, codes.DIRECTION_LOCK]
+        wanted = out["signals_generated"].to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["token_overflow_rate"] = np.where(wanted > 0, per_code[:, codes.TOKEN] / wanted, 0.0)
+        strong = _strong(result, set_, _evaluated(d))
+        out["strong_signals"] = (
+            np.bincount(pos, weights=strong.sum(axis=1), minlength=len(out)) if strong is not None else np.nan
+        )
+        direction = _DIRECTION[d]
+        flips = flip_flops_nb(direction, epoch_seconds(result.index), FLIP_WINDOW_S)
+        n_sig = np.bincount(pos, weights=(direction != 0).sum(axis=1), minlength=len(out))
+        n_flip = np.bincount(pos, weights=flips.sum(axis=1), minlength=len(out))
+        out["flip_flops"] = n_flip
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["flip_flop_rate"] = np.where(n_sig > 0, n_flip / n_sig, 0.0)
+    out["llm_calls"] = 0.0 if "llm_calls" not in result.extras else np.nan
+    closed = trades[(trades["set"] == set_) & ~trades["is_open"]].copy()
+    closed["ny_hour"] = hours[closed["exit_bar"].to_numpy()] if len(closed) else []
+    g = closed.groupby("ny_hour")
+    out["exits"] = g.size().reindex(out.index, fill_value=0)
+    out["stop_out_rate"] = g["exit_reason"].apply(lambda x: (x == codes.ORDER_STOP).mean()).reindex(out.index)
+    out["mae_median"] = g["mae"].median().reindex(out.index)
+    out["mfe_median"] = g["mfe"].median().reindex(out.index)
+    return out
