@@ -28,6 +28,8 @@ log = get_logger(__name__)
 
 ENGINE = web.AppKey("engine", SimEngine)
 HUB = web.AppKey("hub", "Hub")
+REQ_SYMBOL = web.RequestKey("symbol", str)
+REQ_CID = web.RequestKey("cid", str)
 BAR_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds",
                 "corrections", "cancelErrors")
 
@@ -116,7 +118,7 @@ async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamRespon
                     resp = await handler(request)
                 except SimReject as e:
                     resp = _json(e.body, e.status)
-                    log.info("order_rejected", ticker=request.get("symbol"), client_order_id=request.get("cid"),
+                    log.info("order_rejected", ticker=request.get(REQ_SYMBOL), client_order_id=request.get(REQ_CID),
                              status=e.status, reason=e.body["message"])
                 await hub.flush()
             if fault is not None:  # accepted, but the answer is lost on the way back
@@ -259,7 +261,7 @@ async def submit_order(request: web.Request) -> web.Response:
         body = await request.json()
     except json.JSONDecodeError:
         raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid") from None
-    request["symbol"], request["cid"] = body.get("symbol"), body.get("client_order_id")
+    request[REQ_SYMBOL], request[REQ_CID] = body.get("symbol"), body.get("client_order_id")
     return _json(wire.order_json(request.app[ENGINE].submit(body)))
 
 

@@ -521,7 +521,8 @@ class SimEngine:
             h.cost = 0.0 if h.qty <= 1e-9 else h.cost - avg * qty
         if h.qty <= 1e-9:
             self.holdings.pop(o.symbol, None)
-        o.filled_avg_price = (o.filled_avg_price * o.filled_qty + price * qty) / (o.filled_qty + qty)
+        o.filled_avg_price = price if o.filled_qty == 0 else (
+            (o.filled_avg_price * o.filled_qty + price * qty) / (o.filled_qty + qty))
         o.filled_qty += qty
         o.fees += fees
         o.filled_at = self.panel.index[k]
