@@ -93,7 +93,12 @@ def env() -> Iterator[dict]:
         time.sleep(0.05)
     assert sim.hub.trade_listeners and sim.hub.bar_subs, "streams did not connect to the sim"
     yield {"sim": sim, "tc": tc, "updates": updates, "bars": bars}
-    sim.stop()  # closing the server ends the streams' sockets; their daemon threads die with the session
+    ts.stop()
+    ds.stop()
+    sim.stop()  # closing the sockets wakes the streams' receive loops, which then see the stop
+    for th in threads:
+        th.join(10)
+    assert not any(th.is_alive() for th in threads), "a stream thread did not stop"
 
 
 def _events(updates: _Collector, order_id, event: str):
