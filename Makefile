@@ -7,7 +7,6 @@ MODE   ?= default
 TRIALS ?= 30
 ARGS   ?=
 
-export NUMBA_CACHE_DIR ?= $(HOME)/.cache/tierlab/numba
 
 .PHONY: setup test lint backtest sample tune live-paper bench clean
 
