@@ -1,0 +1,75 @@
+"""`python -m research.tune` on the bundled sample: progress bar, best trial with guards, TOML and report.
+
+The real problem (TieredBasketStrategy on the synthetic sample, windows run by research.backtest.run_grid)
+with few trials, so the whole file stays within a few tens of seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from research.tune import TuneConfig, backtest_problem, run_study
+from strategies.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    work = tmp_path_factory.mktemp("tune_cli")
+    env = {**os.environ, "TIERLAB_HOME": str(work / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "research.tune", "--trials", "10", "--study", "cli", "--seed", "3",
+         "--min-trades", "5"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+    return proc, work
+
+
+def test_cli_prints_best_trial_with_guards(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, work = cli_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "best trial #" in out
+    assert "in-sample vs out-of-sample per fold" in out and "is_sharpe" in out and "oos_sharpe" in out
+    assert "deflated Sharpe ratio:" in out
+    assert "probability of backtest overfitting" in out
+    assert "100%" in proc.stderr  # the progress bar ran to the end
+    assert (work / "home" / "studies" / "optuna.db").exists()  # default storage: SQLite under TIERLAB_HOME
+
+
+def test_best_params_toml_is_a_params_file(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, work = cli_run
+    path = work / "reports" / "tune-cli" / "best_params.toml"
+    p = Params.from_toml(path)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("params:"))
+    for item in line.split(":", 1)[1].split(","):
+        name, value = item.strip().split("=")
+        assert float(getattr(p, name)) == pytest.approx(float(value), rel=1e-5)
+    # the file is taken unchanged by the backtest CLI
+    from research.backtest import main as backtest_main
+
+    assert backtest_main(["--params", str(path), "--start", "2024-12-02", "--end", "2024-12-03",
+                          "--out", str(work / "bt")]) == 0
+
+
+def test_report_has_optuna_plots(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, work = cli_run
+    html = (work / "reports" / "tune-cli" / "report.html").read_text()
+    for title in ("Optimization history", "Slices", "In-sample vs out-of-sample per fold", "deflated Sharpe"):
+        assert title in html
+    assert "plotly" in html.lower()
+
+
+def test_same_seed_same_storage_type_gives_the_same_best_params(tmp_path: Path) -> None:
+    best = []
+    for run in ("a", "b"):
+        cfg = TuneConfig(study=f"repro-{run}", trials=6, seed=11, progress=False,
+                         storage=f"sqlite:///{tmp_path / (run + '.db')}", startup_trials=4)
+        best.append(run_study(cfg, backtest_problem).best_params)
+    assert best[0] == best[1]
