@@ -7,6 +7,8 @@ close, so a regular day has 390 bars and a half day (close 13:00 New York) has 2
 from __future__ import annotations
 
 import datetime as dt
+import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -31,10 +33,19 @@ class SessionInfo(NamedTuple):
     is_half_day: np.ndarray  # bool: the session closes early
 
 
+@contextmanager
+def _quiet_library():
+    """exchange-calendars 4.13 trips pandas 3.1's Series.values deprecation; the warning is theirs, not ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.Pandas4Warning)
+        yield
+
+
 @lru_cache(maxsize=1)
 def calendar() -> xcals.ExchangeCalendar:
     """The XNYS calendar (built once per process; exchange-calendars is slow to construct)."""
-    return xcals.get_calendar(EXCHANGE)
+    with _quiet_library():
+        return xcals.get_calendar(EXCHANGE)
 
 
 def to_date(value: dt.date | pd.Timestamp | str) -> dt.date:
@@ -54,7 +65,8 @@ def _sessions(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
     first, last = cal.first_session.date(), cal.last_session.date()
     if start > last or end < first:
         raise DataError(f"dates {start}..{end} are outside the {EXCHANGE} calendar ({first}..{last})")
-    return cal.sessions_in_range(max(start, first), min(end, last))
+    with _quiet_library():
+        return cal.sessions_in_range(max(start, first), min(end, last))
 
 
 def sessions(start: dt.date | pd.Timestamp | str, end: dt.date | pd.Timestamp | str) -> list[dt.date]:
@@ -67,7 +79,8 @@ def _minutes(start: dt.date, end: dt.date) -> pd.DatetimeIndex:
     s = _sessions(start, end)
     if len(s) == 0:
         return pd.DatetimeIndex([], tz="UTC", name="timestamp")
-    idx = calendar().sessions_minutes(s[0], s[-1])
+    with _quiet_library():
+        idx = calendar().sessions_minutes(s[0], s[-1])
     return pd.DatetimeIndex(idx, name="timestamp").as_unit("ns")
 
 

@@ -188,7 +188,7 @@ class Catalog:
         index = session_minutes(start, end)
         index = _trim(index, start, end)
         t, n = len(index), len(symbols)
-        arrays = {c: np.full((t, n), np.nan) for c in STORED_COLUMNS}
+        rows = {c: np.full((n, t), np.nan) for c in STORED_COLUMNS}  # symbol-major while filling: contiguous
         if t:
             lo_m, hi_m = str(np.datetime64(to_date(start), "M")), str(np.datetime64(to_date(end), "M"))
             lo, hi = index[0], index[-1]
@@ -199,11 +199,12 @@ class Catalog:
                     continue
                 tab = ds.dataset(paths, format="parquet", schema=BAR_SCHEMA).to_table(
                     filter=(ds.field("timestamp") >= lo) & (ds.field("timestamp") <= hi))
-                ts = tab.column("timestamp").cast(pa.int64()).to_numpy()
+                ts = tab.column("timestamp").to_numpy().view("int64")
                 pos = np.searchsorted(grid, ts)
                 ok = (pos < t) & (grid[np.minimum(pos, t - 1)] == ts)
                 for c in STORED_COLUMNS:
-                    arrays[c][pos[ok], j] = tab.column(c).to_numpy(zero_copy_only=False)[ok]
+                    rows[c][j, pos[ok]] = tab.column(c).to_numpy()[ok]
+        arrays = {c: np.ascontiguousarray(a.T) for c, a in rows.items()}
         opt = {c: (arrays[c] if not np.isnan(arrays[c]).all() else None) for c in OPTIONAL_COLUMNS}
         return Panel(index=index, symbols=symbols, **{c: arrays[c] for c in BAR_COLUMNS}, **opt,
                      meta={"catalog": str(self.root)})
@@ -223,12 +224,13 @@ class Catalog:
             return empty_events()
         df = pq.read_table(self.events_path).to_pandas()
         df["time"] = pd.DatetimeIndex(df["time"]).tz_convert("UTC")
-        day = pd.Series(ny_days(pd.DatetimeIndex(df["time"])), index=df.index)
+        day = ny_days(pd.DatetimeIndex(df["time"]))
+        keep = np.ones(len(df), dtype=bool)
         if start is not None:
-            df = df[day >= np.datetime64(to_date(start))]
+            keep &= day >= np.datetime64(to_date(start))
         if end is not None:
-            df = df[day <= np.datetime64(to_date(end))]
-        return df[list(EVENT_COLUMNS)].reset_index(drop=True)
+            keep &= day <= np.datetime64(to_date(end))
+        return df.loc[keep, list(EVENT_COLUMNS)].reset_index(drop=True)
 
     def write_events(self, events: pd.DataFrame) -> int:
         """Merge validated events into the table (exact duplicates dropped); return how many were new."""

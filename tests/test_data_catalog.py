@@ -1,0 +1,69 @@
+"""The parquet catalog: round trip onto the session grid, missing minutes stay missing, append-only days."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.calendar import session_minutes
+from data.catalog import Catalog
+from data.sample import generate_panel
+from tierlab.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def panel():
+    return generate_panel("2024-10-28", "2024-11-08", ("NVDA", "SOXS"))
+
+
+def test_round_trip_keeps_every_value_and_every_gap(tmp_path, panel):
+    cat = Catalog(tmp_path)
+    for s in panel.symbols:
+        cat.write(s, panel.bars(s))
+    back = cat.read_panel(["SOXS", "NVDA"], "2024-10-28", "2024-11-08")
+    assert back.symbols == ("SOXS", "NVDA")
+    assert back.index.equals(session_minutes("2024-10-28", "2024-11-08"))
+    for f in ("open", "high", "low", "close", "volume", "vwap", "trade_count"):
+        np.testing.assert_array_equal(getattr(back, f)[:, ::-1], getattr(panel, f))
+    gaps = np.isnan(back.close[:, 0])
+    assert gaps.sum() > 0 and np.isnan(back.open[gaps, 0]).all()  # never forward-filled
+    assert cat.symbols() == ["NVDA", "SOXS"]
+    assert cat.range("NVDA") == (panel.index[0], panel.index[-1])
+
+
+def test_end_date_is_inclusive_and_missing_days_are_nan(tmp_path, panel):
+    cat = Catalog(tmp_path)
+    cat.write("NVDA", panel.bars("NVDA").loc[: "2024-11-01"])
+    p = cat.read_panel(["NVDA"], "2024-11-01", "2024-11-04")
+    assert len(p.index) == 2 * 390
+    assert not np.isnan(p.close[:390]).any() and np.isnan(p.close[390:]).all()
+
+
+def test_write_adds_only_missing_days_and_never_overwrites(tmp_path, panel):
+    cat = Catalog(tmp_path)
+    first = panel.bars("NVDA").loc["2024-10-28":"2024-10-29"]
+    cat.write("NVDA", first)
+    changed = panel.bars("NVDA").loc["2024-10-28":"2024-10-30"].copy()
+    changed["close"] = changed["close"].clip(upper=changed["high"])
+    changed[["open", "high", "low", "close"]] *= 2.0  # a re-import with different prices
+    rep = cat.write("NVDA", changed)
+    assert [str(d) for d in rep.days_skipped] == ["2024-10-28", "2024-10-29"]
+    assert [str(d) for d in rep.days_written] == ["2024-10-30"]
+    stored = cat.read_panel(["NVDA"], "2024-10-28", "2024-10-30").bars("NVDA")
+    pd.testing.assert_series_equal(stored["close"].loc[:"2024-10-29"], first["close"], check_names=False,
+                                   check_freq=False, check_index_type=False)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unknown_symbol_and_bad_symbol_are_named(tmp_path, panel):
+    cat = Catalog(tmp_path)
+    with pytest.raises(DataError, match="AMD: no bars in catalog"):
+        cat.read_panel(["AMD"], "2024-11-01", "2024-11-01")
+    with pytest.raises(DataError, match=r"bad symbol '\.\./x'"):
+        cat.write("../x", panel.bars("NVDA"))
+
+
+def test_default_root_is_under_tierlab_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIERLAB_HOME", str(tmp_path / "home"))
+    assert Catalog().root == tmp_path / "home" / "catalog"
