@@ -43,7 +43,7 @@ from research.tune_report import (
     render_html,
     summary_lines,
 )
-from research.walkforward import Fold, bar_slices, session_numbers, walk_forward
+from research.walkforward import Fold, session_numbers, walk_forward, window_panel
 from strategies.space import Choice, Constraint, FloatParam, IntParam, Space
 from tierlab.errors import ConfigError, TierlabError
 from tierlab.log import get_logger
@@ -373,8 +373,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
     folds = list(walk_forward(n_sessions, cfg.train_days, cfg.test_days, cfg.purge_days))
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
-        bars = bar_slices(numbers, Fold(0, sessions, sessions))[0]
-        sub = panel.slice(panel.index[bars.start], panel.index[bars.stop] if bars.stop < len(panel.index) else None)
+        sub = window_panel(panel, numbers, sessions)
         grid = run_grid(strategy, sub, [params], events=events, init_cash=INIT_CASH)
         metrics = grid.metrics.iloc[0].to_dict()
         return WindowResult(metrics, session_returns(grid.equity.iloc[:, 0], INIT_CASH))

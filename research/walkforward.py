@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from data.bars import Panel
 from tierlab.errors import ConfigError
 
 
@@ -90,3 +91,12 @@ def _bars(numbers: np.ndarray, sessions: range) -> slice:
     lo = int(np.searchsorted(numbers, sessions.start, side="left"))
     hi = int(np.searchsorted(numbers, sessions.stop, side="left"))
     return slice(lo, hi)
+
+
+def window_panel(panel: Panel, numbers: np.ndarray, sessions: range) -> Panel:
+    """The part of `panel` whose bars fall in `sessions` (session numbers from `session_numbers`)."""
+    bars = _bars(numbers, sessions)
+    if bars.start >= bars.stop:
+        raise ConfigError(f"sessions {sessions.start}..{sessions.stop - 1} hold no bars of this panel")
+    end = panel.index[bars.stop] if bars.stop < len(panel.index) else None
+    return panel.slice(panel.index[bars.start], end)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,3 +68,20 @@ def test_bar_slices_cut_at_session_boundaries() -> None:
     assert (numbers[tr] == [1, 1, 1, 1, 2, 2, 2, 2]).all()
     assert set(numbers[te]) == {4, 5} and len(numbers[te]) == 8
     assert tr.stop < te.start  # session 3 (the purge) is in neither
+
+
+def test_session_numbers_follow_the_exchange_calendar() -> None:
+    from data.bars import Panel
+    from data.calendar import session_minutes
+    from research.walkforward import session_numbers, window_panel
+
+    # 2024-11-26 .. 2024-12-02: Thanksgiving (11-28) is closed, 11-29 is a half day (210 bars)
+    idx = session_minutes("2024-11-26", "2024-12-02")
+    numbers = session_numbers(idx)
+    assert numbers[0] == 0 and numbers[-1] == 3
+    assert np.bincount(numbers).tolist() == [390, 390, 210, 390]
+    nan = np.full((len(idx), 1), np.nan)
+    panel = Panel(idx, ("X",), nan, nan, nan, nan, nan)
+    w = window_panel(panel, numbers, range(2, 4))
+    assert len(w.index) == 600
+    assert w.index[0] == pd.Timestamp("2024-11-29 14:30", tz="UTC")  # 09:30 New York
