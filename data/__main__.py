@@ -23,31 +23,29 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--repair", action="store_true", help="drop/fix bad rows and report them instead of failing")
     fet = sub.add_parser("fetch", parents=[common], help="fetch missing days of 1-minute bars from Alpaca")
     fet.add_argument("--symbols", nargs="+", required=True)
-    fet.add_argument("--start", required=True)
-    fet.add_argument("--end", required=True)
+    for name in ("--start", "--end"):
+        fet.add_argument(name, required=True)
     fet.add_argument("--url", help="data API base URL (default: $TIERLAB_ALPACA_DATA_URL or Alpaca's)")
     fet.add_argument("--feed", default="iex", help="iex (free) or sip")
     sam = sub.add_parser("sample", parents=[common], help="write the synthetic sample sessions")
-    sam.add_argument("--start")
-    sam.add_argument("--end")
-    ev = sub.add_parser("events", parents=[common], help="import filing events (CSV: time,ticker,form,title)")
-    ev.add_argument("path")
+    for name in ("--start", "--end"):
+        sam.add_argument(name)
+    sub.add_parser("events", parents=[common], help="import filing events (CSV: time,ticker,form,title)").add_argument("path")
     return p
 
 
 def run(a: argparse.Namespace) -> str:
     """Call the one function behind the chosen subcommand."""
+    from data.events import import_events
+    from data.importers.alpaca import fetch_cli
+    from data.importers.csv_files import import_cli
+    from data.sample import write_sample
+
     if a.cmd == "import":
-        from data.importers.csv_files import import_cli
         return import_cli(a.path, a.symbol, a.tz, a.label, a.repair, a.root)
     if a.cmd == "fetch":
-        from data.importers.alpaca import fetch_cli
         return fetch_cli(a.symbols, a.start, a.end, a.url, a.feed, a.root)
-    if a.cmd == "sample":
-        from data.sample import write_sample
-        return write_sample(a.root, a.start, a.end)
-    from data.events import import_events
-    return import_events(a.path, a.root)
+    return write_sample(a.root, a.start, a.end) if a.cmd == "sample" else import_events(a.path, a.root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write `table` to a temp file next to `path` with deterministic settings; return the temp path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=3, write_statistics=True,
+    pq.write_table(table, tmp, compression="lz4", write_statistics=True,
                    row_group_size=1 << 20)
     return tmp
 
