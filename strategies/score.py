@@ -18,7 +18,7 @@ from numba import njit, prange
 def _score_column_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, day: np.ndarray,
     mom_window: int, vol_window: int, vwap_window: int, w_mom: float, w_vwap: float, gain: float,
-    spike_mult: float, out: np.ndarray, spike: np.ndarray,
+    out: np.ndarray,
 ) -> None:
     t_total = c.shape[0]
     rows = np.empty(t_total, dtype=np.int64)  # today's real bars, in order
@@ -27,7 +27,6 @@ def _score_column_nb(
     warm = max(mom_window, vol_window, vwap_window)
     for t in range(t_total):
         out[t] = np.nan
-        spike[t] = False
         if math.isnan(c[t]):
             continue
         if day[t] != cur_day:
@@ -35,13 +34,6 @@ def _score_column_nb(
             n = 0
         rows[n] = t
         n += 1
-        # volume spike versus the previous vol_window bars of the session
-        if n > vol_window:
-            vs = 0.0
-            for k in range(n - 1 - vol_window, n - 1):
-                vs += v[rows[k]]
-            mean_v = vs / vol_window
-            spike[t] = mean_v > 0 and v[t] > spike_mult * mean_v
         if n <= warm:
             continue
         # volatility of one-bar log returns over the last vol_window returns
@@ -73,15 +65,36 @@ def _score_column_nb(
 def score_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, day: np.ndarray,
     mom_window: int, vol_window: int, vwap_window: int, w_mom: float, w_vwap: float, gain: float,
-    spike_mult: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (T, N) in [-1, 1] (NaN without a fresh score) and volume-spike events (T, N)."""
+) -> np.ndarray:
+    """Scores (T, N) in [-1, 1]; NaN where a symbol has no fresh score (no bar, or warm-up)."""
     t_total, n_sym = c.shape
     out = np.empty((t_total, n_sym))
-    spike = np.zeros((t_total, n_sym), dtype=np.bool_)
     for j in prange(n_sym):
-        _score_column_nb(
-            o[:, j], h[:, j], low[:, j], c[:, j], v[:, j], day, mom_window, vol_window, vwap_window,
-            w_mom, w_vwap, gain, spike_mult, out[:, j], spike[:, j],
-        )
-    return out, spike
+        _score_column_nb(o[:, j], h[:, j], low[:, j], c[:, j], v[:, j], day, mom_window, vol_window,
+                         vwap_window, w_mom, w_vwap, gain, out[:, j])
+    return out
+
+
+@njit(cache=True)
+def volume_spikes_nb(c: np.ndarray, v: np.ndarray, day: np.ndarray, window: int, mult: float) -> np.ndarray:
+    """Events (T, N): a bar's volume > mult x the mean of the previous `window` bars of its session."""
+    t_total, n_sym = c.shape
+    spike = np.zeros((t_total, n_sym), dtype=np.bool_)
+    rows = np.empty(t_total, dtype=np.int64)
+    for j in range(n_sym):
+        n = 0
+        cur_day = -1
+        for t in range(t_total):
+            if math.isnan(c[t, j]):
+                continue
+            if day[t] != cur_day:
+                cur_day = day[t]
+                n = 0
+            rows[n] = t
+            n += 1
+            if n > window:
+                vs = 0.0
+                for k in range(n - 1 - window, n - 1):
+                    vs += v[rows[k], j]
+                spike[t, j] = vs > 0 and v[t, j] > mult * vs / window
+    return spike

@@ -22,7 +22,7 @@ from strategies import kernel as K
 from strategies.base import ORDER_DTYPE, RunResult, Strategy
 from strategies.params import Params
 from strategies.rules.risk import kelly_fraction_nb
-from strategies.score import score_nb
+from strategies.score import score_nb, volume_spikes_nb
 from strategies.space import Constraint, FloatParam, IntParam
 from tierlab.errors import ConfigError, DataError
 
@@ -112,33 +112,38 @@ class TieredBasketStrategy(Strategy):
             raise DataError(f"panel lacks universe symbol(s) {', '.join(missing)}; it has {', '.join(panel.symbols)}")
         pn = panel.select(p.universe)
         info = session_info(pn.index)
-        scores, spikes = self._score_arrays(pn, info.day, p)
-        ev = spikes.copy()
+        day = np.asarray(info.day, dtype=np.int64)
+        scores = np.array(self.score(pn, p), dtype=np.float64)
+        if scores.shape != pn.shape:
+            raise ConfigError(f"{type(self).__name__}.score returned shape {scores.shape}, expected {pn.shape}")
+        bad = np.abs(scores) > 1
+        if bad.any():
+            t, j = np.argwhere(bad)[0]
+            raise ConfigError(f"{type(self).__name__}.score: {pn.symbols[j]} at {pn.index[t]} scored "
+                              f"{float(scores[t, j])!r}, outside [-1, 1]")
+        scores[~pn.has_bar] = np.nan  # no bar, no fresh score (SPEC §0)
+        scores[:, len(p.stocks):] = np.nan  # ETFs are traded by baskets only, never scored
+        ev = volume_spikes_nb(pn.close, pn.volume, day, p.vol_window, p.spike_mult)
         if events is not None and len(events):
             from data.events import events_mask
 
             ev |= events_mask(events, pn.index, pn.symbols)
         ev[:, len(p.stocks):] = False
         return BarInputs(pn.index, pn.symbols, pn.open, pn.high, pn.low, pn.close, scores, ev,
-                         np.asarray(info.close_epoch, dtype=np.int64), np.asarray(info.day, dtype=np.int64),
+                         np.asarray(info.close_epoch, dtype=np.int64), day,
                          np.asarray(info.minutes_to_close, dtype=np.int64))
 
-    def _score_arrays(self, pn: Panel, day: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray]:
-        scores, spikes = score_nb(pn.open, pn.high, pn.low, pn.close, pn.volume, np.asarray(day, dtype=np.int64),
-                                  p.mom_window, p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain,
-                                  p.spike_mult)
-        n_stocks = len(p.stocks)
-        scores[:, n_stocks:] = np.nan  # ETFs are traded by baskets only, never scored
-        return scores, spikes
+    def score(self, panel: Panel, params: Params | None = None) -> np.ndarray:
+        """Scores (T, N) in [-1, 1] for the panel's own symbols (causal; NaN where not fresh).
 
-    def score(self, panel: Panel) -> np.ndarray:
-        """Scores (T, N) in [-1, 1] for the panel's own symbols (causal; NaN where not fresh)."""
+        Override this to plug in another model: it must be causal (row t uses rows <= t only).
+        """
         from data.calendar import session_info
 
-        p = self.params
+        p = params or self.params
         day = np.asarray(session_info(panel.index).day, dtype=np.int64)
         return score_nb(panel.open, panel.high, panel.low, panel.close, panel.volume, day, p.mom_window,
-                        p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain, p.spike_mult)[0]
+                        p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain)
 
     # ---- the history driver -------------------------------------------------------------------
     def run(
