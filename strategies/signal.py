@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from numba import njit
 from tqdm.auto import tqdm
 
@@ -157,14 +158,16 @@ def signal_run_nb(
 
 
 def rolling_mean_real_bars(close: np.ndarray, window: int) -> np.ndarray:
-    """Rolling mean of each column over its last `window` real bars (NaN minutes skipped, stay NaN)."""
+    """Rolling mean of each column over its last `window` real bars (NaN minutes skipped, stay NaN).
+
+    pandas' rolling mean (compensated running sums, C speed) rather than a cumsum difference: the
+    latter leaves ~1e-13 noise on exact ties (flat prices), which flips crossover decisions.
+    """
     out = np.full(close.shape, np.nan)
     for j in range(close.shape[1]):
         rows = np.flatnonzero(~np.isnan(close[:, j]))
-        if len(rows) < window:
-            continue
-        c = np.concatenate(([0.0], np.cumsum(close[rows, j])))
-        out[rows[window - 1 :], j] = (c[window:] - c[:-window]) / window
+        if len(rows) >= window:
+            out[rows, j] = pd.Series(close[rows, j]).rolling(window).mean().to_numpy()
     return out
 
 
