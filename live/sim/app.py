@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hmac
 import json
 from collections import deque
@@ -19,6 +18,7 @@ import msgpack
 import pandas as pd
 from aiohttp import WSMsgType, web
 
+from data.calendar import calendar as xnys_calendar
 from live.sim import wire
 from live.sim.engine import SimEngine, SimReject
 from live.sim.ratelimit import RateLimiter
@@ -146,17 +146,10 @@ async def account(request: web.Request) -> web.Response:
     })
 
 
-@functools.cache
-def _xnys() -> Any:
-    import exchange_calendars as xcals
-
-    return xcals.get_calendar("XNYS")
-
-
 async def clock(request: web.Request) -> web.Response:
     """GET /v2/clock: replay time; open means inside a replayed session."""
     e = request.app[ENGINE]
-    cal = _xnys()
+    cal = xnys_calendar()
     now = e.now
     return _json({"timestamp": now.tz_convert("America/New_York").isoformat(), "is_open": e.is_open,
                   "next_open": cal.next_open(now).tz_convert("America/New_York").isoformat(),
@@ -166,7 +159,7 @@ async def clock(request: web.Request) -> web.Response:
 async def calendar(request: web.Request) -> web.Response:
     """GET /v2/calendar?start=&end=: XNYS sessions with New York open/close times."""
     e = request.app[ENGINE]
-    cal = _xnys()
+    cal = xnys_calendar()
     start = pd.Timestamp(request.query.get("start") or e.now.date())
     end = pd.Timestamp(request.query.get("end") or start + pd.Timedelta(days=30))
     out = []

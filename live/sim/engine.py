@@ -375,7 +375,7 @@ class SimEngine:
                 buy_px, sell_px = (o.limit_price, x.limit_price) if o.side == BUY else (x.limit_price, o.limit_price)
                 cross = buy_px >= sell_px
             if cross:
-                raise SimReject(403, wire.CODE_FORBIDDEN, "potential wash trade detected. use complex orders",
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "potential wash trade detected. use complex orders",
                                 reject_reason="opposite side order exists", existing_order_id=x.id)
 
     # ---------------------------------------------------------------- cancel / replace / close
