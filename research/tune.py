@@ -22,6 +22,7 @@ other. With one worker, the same seed on a fresh study gives the same trials and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing as mp
 import sys
@@ -139,6 +140,18 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Space]) -> dict[str, Any]:
                 out[name] = s.choices[labels.index(trial.suggest_categorical(name, labels))]
         else:
             raise ConfigError(f"search space {name!r}: unsupported declaration {s!r}")
+    return normalize(space, out)
+
+
+def normalize(space: Mapping[str, Space], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values as the space declares them: stepped floats rounded to the grid (0.06, not 0.060000000000000005)."""
+    out = dict(values)
+    for name, v in values.items():
+        s = space.get(name)
+        if isinstance(s, FloatParam) and s.step is not None:
+            out[name] = round(float(v), 10)
+        elif isinstance(s, Choice) and v not in s.choices and v in (labels := [repr(c) for c in s.choices]):
+            out[name] = s.choices[labels.index(v)]  # a label stored by optuna for a non-primitive choice
     return out
 
 
@@ -285,7 +298,7 @@ def records(study: optuna.Study) -> list[TrialRecord]:
 
 def fold_rows(problem: Problem, trial: TrialRecord) -> list[dict[str, Any]]:
     """The trial's per-fold out-of-sample metrics with its in-sample (train window) metrics added."""
-    params = problem.base.replace(**trial.params) if trial.params else problem.base
+    params = problem.base.replace(**normalize(problem.space, trial.params))
     rows = []
     for row, fold in zip(trial.user_attrs.get("folds", []), problem.folds, strict=False):
         ins = problem.evaluate(params, fold.train).metrics
@@ -328,6 +341,7 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
             f"search space, lower --min-trades ({cfg.min_trades}) or add sessions"
         )
     best = next(r for r in done if r.number == study.best_trial.number)
+    best = dataclasses.replace(best, params=normalize(problem.space, best.params))
     table = fold_table(fold_rows(problem, best), _table_columns(cfg.metric))
     guards = compute_guards(recs, best.number)
     lines = [f"study {cfg.study!r}: objective {cfg.objective} ({cfg.metric}), seed {cfg.seed}"]
@@ -335,7 +349,7 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
     out_dir = Path(out_dir or Path("reports") / f"tune-{cfg.study}")
     out_dir.mkdir(parents=True, exist_ok=True)
     params_path = out_dir / "best_params.toml"
-    problem.base.replace(**best.params).to_toml(params_path)
+    problem.base.replace(**normalize(problem.space, best.params)).to_toml(params_path)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(f"tierlab study {cfg.study}", lines, table, figures(study)))
     lines += [f"best params: {params_path}", f"report: {html_path}"]

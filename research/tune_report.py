@@ -93,7 +93,11 @@ def fold_table(folds: Sequence[Mapping[str, Any]], columns: Sequence[str] = ("sh
     """In-sample vs out-of-sample metrics per fold, one row per fold (is_x / oos_x columns side by side)."""
     df = pd.DataFrame(list(folds)).set_index("fold")
     cols = [f"{side}_{c}" for c in columns for side in ("is", "oos") if f"{side}_{c}" in df.columns]
-    return df[cols]
+    out = df[cols].copy()
+    for c in cols:
+        if c.endswith("n_trades"):
+            out[c] = out[c].astype("Int64")
+    return out
 
 
 def summary_lines(best: TrialRecord, table: pd.DataFrame, guards: Guards, objective: str) -> list[str]:

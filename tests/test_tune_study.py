@@ -123,3 +123,12 @@ def test_config_refuses_bad_options_by_name() -> None:
         TuneConfig(objective="alpha")
     with pytest.raises(ConfigError, match="--workers"):
         TuneConfig(workers=0)
+
+
+def test_space_maps_to_optuna_suggestions_and_back() -> None:
+    from research.tune import suggest
+    from strategies.space import Choice
+
+    space = {"a": FloatParam(0.0, 0.1, step=0.01), "n": IntParam(1, 9, step=2), "pair": Choice((("QQQ", "SQQQ"), None))}
+    trial = optuna.trial.FixedTrial({"a": 0.060000000000000005, "n": 7, "pair": repr(("QQQ", "SQQQ"))})
+    assert suggest(trial, space) == {"a": 0.06, "n": 7, "pair": ("QQQ", "SQQQ")}
