@@ -247,7 +247,10 @@ def run_study(cfg: TuneConfig, factory: ProblemFactory | None = None) -> optuna.
             optuna.delete_study(study_name=cfg.study, storage=storage)
         except KeyError:
             pass
-    open_study(cfg)  # create once, before workers race to create it
+    existing = len(open_study(cfg).trials)  # create once, before workers race to create it
+    if existing:
+        log.info("study_resumed", study=cfg.study, existing_trials=existing, adding=cfg.trials,
+                 reason="a study of this name exists on the storage; pass --fresh to start over")
     shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
     log.info("tune_start", study=cfg.study, trials=cfg.trials, workers=cfg.workers, objective=cfg.objective,
              storage=_safe_url(storage))

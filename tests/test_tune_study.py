@@ -132,3 +132,17 @@ def test_space_maps_to_optuna_suggestions_and_back() -> None:
     space = {"a": FloatParam(0.0, 0.1, step=0.01), "n": IntParam(1, 9, step=2), "pair": Choice((("QQQ", "SQQQ"), None))}
     trial = optuna.trial.FixedTrial({"a": 0.060000000000000005, "n": 7, "pair": repr(("QQQ", "SQQQ"))})
     assert suggest(trial, space) == {"a": 0.06, "n": 7, "pair": ("QQQ", "SQQQ")}
+
+
+def test_storage_password_never_reaches_the_logs() -> None:
+    from research.tune import _safe_url
+
+    assert "s3cret" not in _safe_url("postgresql+psycopg://bob:s3cret@db.example:5432/optuna")
+    assert _safe_url("postgresql+psycopg://postgres@127.0.0.1:5432/test").endswith("@127.0.0.1:5432/test")
+
+
+def test_rerunning_a_study_resumes_it_unless_fresh(tmp_path: Any) -> None:
+    cfg = _cfg(tmp_path, "resume", trials=4)
+    run_study(cfg, toy_problem)
+    assert len(run_study(cfg, toy_problem).trials) == 8
+    assert len(run_study(dataclasses.replace(cfg, fresh=True), toy_problem).trials) == 4
