@@ -276,9 +276,17 @@ def run_job(mode: str = "default", start: str | None = None, end: str | None = N
     return bt, html
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) like every other bad request."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the job, print the summary; a bad request prints one line and exits 2."""
-    ap = argparse.ArgumentParser(prog="python -m research.backtest", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="python -m research.backtest", description=__doc__.splitlines()[0])
     ap.add_argument("--mode", default="default", choices=("default", "relaxed"))
     ap.add_argument("--start", help="first session date (default: the catalog's common range)")
     ap.add_argument("--end", help="last session date, inclusive")
