@@ -32,7 +32,10 @@ DEFAULT_START = dt.date(2024, 10, 21)
 DEFAULT_END = dt.date(2024, 12, 6)
 SEED = 7
 NOTE = "synthetic bars from a seeded generator (data.sample); tierlab ships no licensed market data"
-FACTOR_VOL = 0.0005  # per-minute factor volatility before the U-shape
+FACTOR_VOL = 0.0006  # per-minute factor volatility before the U-shape
+# Drift of a trending run, per minute, as a share of the per-minute volatility: small, so momentum
+# finds a faint edge (the default backtest is near break-even after slippage), never a free lunch.
+EPISODE_DRIFT = 0.1
 EVENT_TICKERS: tuple[str, ...] = ("GOOGL", "AMD", "AVGO")
 
 
@@ -108,7 +111,7 @@ def _episodes(rng: np.random.Generator, grid: _Grid, per_day: float, size: float
 def _factor(rng: np.random.Generator, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
     """(open increments, intrabar returns) of one factor: U-shaped noise, episodes, overnight gaps."""
     sigma = FACTOR_VOL * grid.vol_shape
-    intrabar = rng.normal(0.0, 1.0, len(sigma)) * sigma + _episodes(rng, grid, 6.0, FACTOR_VOL)
+    intrabar = rng.normal(0.0, 1.0, len(sigma)) * sigma + _episodes(rng, grid, 6.0, EPISODE_DRIFT * FACTOR_VOL)
     opening = np.where(grid.first, rng.normal(0.0, 0.005, len(sigma)), 0.0)
     opening[0] = 0.0
     return opening, intrabar
@@ -149,7 +152,7 @@ class _Market:
         f_open, f_bar = self.returns(factor)
         gap = np.where(g.first, rng.normal(0.0, 0.006, len(g.index)), 0.0)
         gap[0] = 0.0
-        bar = spec.beta * f_bar + noise_bar + _episodes(rng, g, 2.0, spec.idio)
+        bar = spec.beta * f_bar + noise_bar + _episodes(rng, g, 2.0, EPISODE_DRIFT * spec.idio)
         for s, e in zip(g.starts, g.ends, strict=True):
             if rng.random() < spec.jumps_per_day:
                 at = s + int(rng.integers(15, e - s - 15))
