@@ -7,8 +7,7 @@ MODE   ?= default
 TRIALS ?= 30
 ARGS   ?=
 
-
-.PHONY: setup test lint backtest sample tune live-paper bench clean
+.PHONY: setup test lint backtest sample tune bench clean
 
 setup: $(STAMP)
 
@@ -33,9 +32,6 @@ backtest: setup
 
 tune: setup
 	$(PY) -m research.tune --trials $(TRIALS) $(ARGS)
-
-live-paper: setup
-	$(PY) -m live --mode $(MODE) $(ARGS)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
