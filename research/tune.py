@@ -14,9 +14,16 @@ Trial outcomes:
 - an exception from the backtest: FAILED (optimize(catch=(Exception,))); the study goes on.
 
 Storage defaults to SQLite under `tierlab_home()/studies/`; a PostgreSQL URL lets processes on
-several machines share one study (each opens it with load_if_exists). `--workers W` starts W
+several machines share one study (each opens it with load_if_exists, so running the same command
+again resumes the study and adds trials; `--fresh` deletes it first). `--workers W` starts W
 local processes on the same storage, worker i seeded with seed + i so they do not repeat each
 other. With one worker, the same seed on a fresh study gives the same trials and best parameters.
+
+After the study, `report` re-runs the best trial on each fold's train window for the in-sample
+side of the per-fold table (only the best trial: the objective itself never looks at in-sample
+numbers), computes the deflated Sharpe ratio and PBO (research/tune_report.py, research/overfit.py),
+writes the best parameters as a Params TOML file and an HTML report with Optuna's plots under
+`reports/tune-<study>/`.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ class TuneConfig:
     study: str = "tierlab"
     trials: int = 30
     objective: str = "sharpe"
-    min_trades: int = 1
+    min_trades: int = 5
     storage: str | None = None
     workers: int = 1
     seed: int = 7
