@@ -110,7 +110,9 @@ def backtest(
     panel = _align(panel, result)
     rp = replay(result, panel.close)
     trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
-    metrics = kpis.metrics(result, panel.low, panel.high, panel.close).iloc[0].to_dict()
+    metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades).iloc[0].to_dict()
+    for key in ("n_trades", "n_orders"):
+        metrics[key] = int(metrics[key])
     signals = kpis.signal_kpis(result, trades, 0)
     hourly = kpis.hourly_kpis(result, trades, 0)
     sym = np.asarray(result.symbols, dtype=object)
@@ -160,7 +162,7 @@ def run_grid(
         result = strategy.run(panel, part, events=events, init_cash=init_cash, record=False, progress=False)
         aligned = _align(panel, result)
         trades = kpis.round_trips(result, aligned.low, aligned.high, aligned.close)
-        m = kpis.metrics(result, aligned.low, aligned.high, aligned.close)
+        m = kpis.metrics(result, aligned.low, aligned.high, aligned.close, trades=trades)
         sig = pd.DataFrame([kpis.signal_kpis(result, trades, k) for k in range(result.n_sets)])
         keep = ["signals_generated", "suppressed_total", "actionable", "strong_signal_rate",
                 "token_overflow_rate", "direction_lock_hits", "llm_calls"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import vectorbt  # noqa: F401  (registers the .vbt accessor)
-from numba import njit
+from numba import njit, prange
 
 from strategies import codes
 from strategies.base import RunResult
@@ -79,17 +79,17 @@ def equity_metrics(equity: np.ndarray, cash: np.ndarray, index: pd.DatetimeIndex
 
 
 @njit(cache=True)
-def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, low, high, last_close):
-    """Round trips from orders sorted by (set, col, fill order); MAE/MFE from bars in between.
+def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, last_close):
+    """Round trips from orders sorted by (set, col, fill order).
 
-    Returns a (n_trades, 13) float array in TRADE_COLUMNS order. An open trade at the end is
-    marked at `last_close` of its column (is_open = 1, exit_bar = -1).
+    Returns a (n_trades, 13) float array in TRADE_COLUMNS order (mae/mfe left NaN for
+    `excursions_nb`). An open trade at the end is marked at `last_close` of its column
+    (is_open = 1, exit_bar = -1).
     """
     n = len(set_)
     out = np.full((n + 1, 13), np.nan)
     m = 0
     i = 0
-    T = low.shape[0]
     while i < n:
         s, c = set_[i], col[i]
         pos = 0.0
@@ -112,18 +112,8 @@ def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, low, high, la
             closed = abs(pos) < 1e-9
             last_of_col = i + 1 >= n or set_[i + 1] != s or col[i + 1] != c
             if closed or last_of_col:
-                entry_px = cost / bought if bought > 0 else np.nan
-                exit_bar = bar[i] if closed else -1
-                stop = exit_bar if closed else T
-                lo, hi = np.inf, -np.inf
-                for t in range(entry_bar, stop):
-                    if not np.isnan(low[t, c]):
-                        lo = min(lo, low[t, c])
-                        hi = max(hi, high[t, c])
                 if closed:
                     exit_px = proceeds / bought
-                    lo = min(lo, exit_px)
-                    hi = max(hi, exit_px)
                     pnl = proceeds - cost - fee
                 else:
                     exit_px = last_close[c]
@@ -131,15 +121,13 @@ def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, low, high, la
                 out[m, 0] = s
                 out[m, 1] = c
                 out[m, 2] = entry_bar
-                out[m, 3] = exit_bar
+                out[m, 3] = bar[i] if closed else -1
                 out[m, 4] = bought
-                out[m, 5] = entry_px
+                out[m, 5] = cost / bought if bought > 0 else np.nan
                 out[m, 6] = exit_px
                 out[m, 7] = pnl
                 out[m, 8] = pnl / cost if cost > 0 else np.nan
                 out[m, 9] = reason[i] if closed else 0
-                out[m, 10] = lo / entry_px - 1.0 if lo < np.inf else 0.0
-                out[m, 11] = hi / entry_px - 1.0 if hi > -np.inf else 0.0
                 out[m, 12] = 0.0 if closed else 1.0
                 m += 1
                 if closed:
@@ -148,17 +136,44 @@ def round_trips_nb(set_, col, bar, side, qty, price, fees, reason, low, high, la
     return out[:m]
 
 
+@njit(cache=True, parallel=True)
+def excursions_nb(trades, low, high):
+    """Fill MAE/MFE of each trade in place: worst low / best high from the entry bar up to the
+    exit (the exit price included; the exit bar's own range is not, a market exit fills at its
+    open), relative to the entry price. Open trades run to the last bar."""
+    T = low.shape[0]
+    for m in prange(trades.shape[0]):
+        c = int(trades[m, 1])
+        entry_bar = int(trades[m, 2])
+        closed = trades[m, 12] == 0.0
+        stop = int(trades[m, 3]) if closed else T
+        lo, hi = np.inf, -np.inf
+        for t in range(entry_bar, stop):
+            if not np.isnan(low[t, c]):
+                lo = min(lo, low[t, c])
+                hi = max(hi, high[t, c])
+        if closed:
+            lo = min(lo, trades[m, 6])
+            hi = max(hi, trades[m, 6])
+        entry_px = trades[m, 5]
+        trades[m, 10] = lo / entry_px - 1.0 if lo < np.inf else 0.0
+        trades[m, 11] = hi / entry_px - 1.0 if hi > -np.inf else 0.0
+
+
 def round_trips(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray) -> pd.DataFrame:
     """All round-trip trades of all sets as a DataFrame (TRADE_COLUMNS)."""
     o = result.orders
-    order = np.lexsort((np.arange(len(o)), o["bar"], o["col"], o["set"]))
-    o = o[order]
-    last_close = pd.DataFrame(close).ffill().to_numpy()[-1] if len(close) else np.zeros(close.shape[1])
+    key = o["set"].astype(np.int64) * (len(result.symbols) + 1) + o["col"]
+    o = o[np.argsort(key, kind="stable")]  # orders are in fill order within a set: keep it
+    valid = ~np.isnan(close)
+    last_row = len(close) - 1 - np.argmax(valid[::-1], axis=0)
+    last_close = np.where(valid.any(axis=0), close[last_row, np.arange(close.shape[1])], 0.0)
     arr = round_trips_nb(
         o["set"].astype(np.int64), o["col"].astype(np.int64), o["bar"], o["side"].astype(np.float64),
-        o["qty"], o["price"], o["fees"], o["reason"].astype(np.int64), low, high, last_close,
+        o["qty"], o["price"], o["fees"], o["reason"].astype(np.int64), last_close,
     )
-    df = pd.DataFrame(arr, columns=list(TRADE_COLUMNS))
+    excursions_nb(arr, low, high)
+    df = pd.DataFrame({name: arr[:, i] for i, name in enumerate(TRADE_COLUMNS)})
     for name in ("set", "col", "entry_bar", "exit_bar", "exit_reason"):
         df[name] = df[name].astype(np.int64)
     df["is_open"] = df["is_open"].astype(bool)
@@ -169,35 +184,39 @@ def trade_metrics(trades: pd.DataFrame, result: RunResult) -> pd.DataFrame:
     """Trade figures per set (rows 0..K-1) from round trips and orders."""
     K = result.n_sets
     closed = trades[~trades["is_open"]]
-    g = closed.groupby("set")
-    wins = g["pnl"].apply(lambda x: x[x > 0].sum())
-    losses = g["pnl"].apply(lambda x: -x[x < 0].sum())
+    s = closed["set"].to_numpy()
+    pnl = closed["pnl"].to_numpy()
+    n = np.bincount(s, minlength=K)
+    wins = np.bincount(s, weights=np.where(pnl > 0, pnl, 0.0), minlength=K)
+    losses = np.bincount(s, weights=np.where(pnl < 0, -pnl, 0.0), minlength=K)
+    n_win = np.bincount(s, weights=(pnl > 0).astype(float), minlength=K)
+    n_stop = np.bincount(s, weights=(closed["exit_reason"].to_numpy() == codes.ORDER_STOP).astype(float), minlength=K)
+    med = closed.groupby("set")[["mae", "mfe"]].median().reindex(pd.RangeIndex(K))
     o = result.orders
     notional = np.bincount(o["set"], weights=o["qty"] * o["price"], minlength=K)
-    fees = np.bincount(o["set"], weights=o["fees"], minlength=K)
-    out = pd.DataFrame(index=pd.RangeIndex(K))
-    out["n_trades"] = g.size().reindex(out.index, fill_value=0).astype(np.int64)
-    out["win_rate"] = g["pnl"].apply(lambda x: (x > 0).mean()).reindex(out.index)
     with np.errstate(divide="ignore", invalid="ignore"):
-        pf = wins / losses
-    out["profit_factor"] = pf.reindex(out.index)
-    out["stop_out_rate"] = g["exit_reason"].apply(lambda x: (x == codes.ORDER_STOP).mean()).reindex(out.index)
-    out["mae_median"] = g["mae"].median().reindex(out.index)
-    out["mfe_median"] = g["mfe"].median().reindex(out.index)
-    out["fees"] = fees
-    out["turnover"] = notional / np.maximum(result.equity.mean(axis=0), 1e-9)
-    out["n_orders"] = np.bincount(o["set"], minlength=K)
-    return out
+        return pd.DataFrame({
+            "n_trades": n.astype(np.int64),
+            "win_rate": np.where(n > 0, n_win / n, np.nan),
+            "profit_factor": np.where(n > 0, wins / losses, np.nan),
+            "stop_out_rate": np.where(n > 0, n_stop / n, np.nan),
+            "mae_median": med["mae"].to_numpy(),
+            "mfe_median": med["mfe"].to_numpy(),
+            "fees": np.bincount(o["set"], weights=o["fees"], minlength=K),
+            "turnover": notional / np.maximum(result.equity.mean(axis=0), 1e-9),
+            "n_orders": np.bincount(o["set"], minlength=K).astype(np.int64),
+        })
 
 
-def metrics(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray, *, chunk: int = 32) -> pd.DataFrame:
+def metrics(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray, *, chunk: int = 32,
+            trades: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every per-set figure in one tidy table (one row per set), equity figures in column chunks."""
     parts = [
         equity_metrics(result.equity[:, a : a + chunk], result.cash[:, a : a + chunk], result.index, result.init_cash)
         for a in range(0, result.n_sets, chunk)
     ]
     eq = pd.concat(parts, ignore_index=True)
-    trades = round_trips(result, low, high, close)
+    trades = round_trips(result, low, high, close) if trades is None else trades
     return pd.concat([eq, trade_metrics(trades, result)], axis=1)
 
 

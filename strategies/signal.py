@@ -9,7 +9,9 @@ is a market order filled at the open of the next bar that exists for its symbol,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -57,7 +59,7 @@ class SignalParams:
         return replace(self, **changes)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def signal_run_nb(
     open_: np.ndarray,
     close: np.ndarray,
@@ -171,15 +173,22 @@ def rolling_mean_real_bars(close: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def crossed_above(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """True at a symbol's real bar where a > b and, at its previous real bar, a <= b."""
-    out = np.zeros(a.shape, dtype=bool)
-    for j in range(a.shape[1]):
-        rows = np.flatnonzero(~np.isnan(a[:, j]) & ~np.isnan(b[:, j]))
-        if len(rows) < 2:
-            continue
-        x, y = a[rows, j], b[rows, j]
-        out[rows[1:], j] = (x[1:] > y[1:]) & (x[:-1] <= y[:-1])
+@njit(cache=True, nogil=True)
+def crossed_above_nb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True at a symbol's real bar where a > b and, at its previous real bar, a <= b (NaN bars skipped)."""
+    T, N = a.shape
+    out = np.zeros((T, N), dtype=np.bool_)
+    for j in range(N):
+        prev_le = False
+        have_prev = False
+        for t in range(T):
+            x, y = a[t, j], b[t, j]
+            if np.isnan(x) or np.isnan(y):
+                continue
+            if have_prev and prev_le and x > y:
+                out[t, j] = True
+            prev_le = x <= y
+            have_prev = True
     return out
 
 
@@ -195,6 +204,9 @@ class SignalStrategy(Strategy):
     def signals(self, panel: Any, params: SignalParams) -> tuple[np.ndarray, np.ndarray]:
         """Entries and exits (T, N) bool, causal: the value at bar t uses bars <= t only."""
         raise NotImplementedError(f"{type(self).__name__}.signals(panel, params) must be implemented")
+
+    def prepare(self, panel: Any, params_list: Sequence[SignalParams]) -> None:
+        """Precompute what the sets share (called once per `run`, before sets run in threads)."""
 
     def run(
         self,
@@ -214,20 +226,27 @@ class SignalStrategy(Strategy):
         cash = np.empty((T, K))
         counts = np.zeros((K, codes.N_DECISIONS), dtype=np.int64)
         decisions = np.zeros((K, *panel.shape), dtype=np.int8) if record else None
-        all_orders = []
-        for k, p in enumerate(tqdm(params_list, disable=not progress, desc=self.name, unit="set")):
+        self.prepare(panel, params_list)
+
+        def one(k: int) -> np.ndarray:
+            p = params_list[k]
             ent, ext = self.signals(panel, p)
             o, eq, ca, dec = signal_run_nb(
                 panel.open, panel.close, ent, ext, float(init_cash), p.slippage, p.fee_per_share,
                 p.fee_per_order, float(p.size or 0), k, record,
             )
-            all_orders.append(o)
             equity[:, k], cash[:, k] = eq, ca
             if record:
                 decisions[k] = dec
                 counts[k] = np.bincount(dec.ravel(), minlength=codes.N_DECISIONS)
             else:
                 counts[k, codes.ACTIONABLE] = int((o["side"] == BUY).sum())
+                counts[k, codes.EXIT_SIGNAL] = int((o["side"] == SELL).sum())
+            return o
+
+        # the kernels release the GIL: sets run on all cores, results land in their own columns
+        with ThreadPoolExecutor(max_workers=min(K, os.cpu_count() or 1)) as pool:
+            all_orders = list(tqdm(pool.map(one, range(K)), total=K, disable=not progress, desc=self.name, unit="set"))
         orders = np.concatenate(all_orders) if all_orders else np.empty(0, dtype=ORDER_DTYPE)
         return RunResult(
             index=panel.index, symbols=tuple(panel.symbols), init_cash=float(init_cash), orders=orders,
@@ -249,6 +268,12 @@ class MACrossStrategy(SignalStrategy):
         self._cache: dict[int, np.ndarray] = {}
         self._cache_close: np.ndarray | None = None
 
+    def prepare(self, panel: Any, params_list: Sequence[SignalParams]) -> None:
+        """Compute every distinct MA window of the grid once."""
+        for p in params_list:
+            self._ma(panel, p.fast)
+            self._ma(panel, p.slow)
+
     def _ma(self, panel: Any, window: int) -> np.ndarray:
         if panel.close is not self._cache_close:
             self._cache, self._cache_close = {}, panel.close
@@ -264,4 +289,4 @@ class MACrossStrategy(SignalStrategy):
     def signals(self, panel: Any, params: SignalParams) -> tuple[np.ndarray, np.ndarray]:
         """Crossovers of the fast over the slow MA (entries) and back under (exits)."""
         fast, slow = self._ma(panel, params.fast), self._ma(panel, params.slow)
-        return crossed_above(fast, slow), crossed_above(slow, fast)
+        return crossed_above_nb(fast, slow), crossed_above_nb(slow, fast)

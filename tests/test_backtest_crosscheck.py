@@ -8,7 +8,8 @@ peers differ in conventions, so each case uses what both engines can express exa
   just under 1 of equity, which rounds one share lower when cash is an exact multiple of the
   price (easy with cent prices and round fees), so the per-share fee is an odd 0.37 cents;
 - backtrader slips both sides (slip_open, slip_out), so it runs with slippage and fixed size
-  (its sizers decide at the signal bar's close, ours at the fill).
+  (its sizers decide at the signal bar's close, ours at the fill). It reads the MAs as data lines:
+  its SMA (math.fsum) and pandas' rolling mean differ in the last bit on exact ties.
 """
 
 from __future__ import annotations
@@ -97,12 +98,18 @@ class _PerShareAndOrder(bt.CommInfoBase):
         return abs(size) * self.p.fps + self.p.fpo
 
 
+class _WithMAs(bt.feeds.PandasData):
+    """Bars plus the two MAs as extra lines (pandas rolling means, computed in this test)."""
+
+    lines = ("fast", "slow")
+    params = (("fast", -1), ("slow", -1))
+
+
 class _BtCross(bt.Strategy):
-    params = (("fast", FAST), ("slow", SLOW), ("size", 25))
+    params = (("size", 25),)
 
     def __init__(self) -> None:
-        self.f = bt.indicators.SMA(self.data.close, period=self.p.fast)
-        self.s = bt.indicators.SMA(self.data.close, period=self.p.slow)
+        self.f, self.s = self.data.fast, self.data.slow
         self.fills: list[tuple] = []
 
     def notify_order(self, order: bt.Order) -> None:
@@ -111,7 +118,7 @@ class _BtCross(bt.Strategy):
             self.fills.append((bt.num2date(ex.dt), 1 if order.isbuy() else -1, abs(ex.size), ex.price, ex.comm))
 
     def next(self) -> None:
-        if len(self.s) < 2 or np.isnan(self.s[-1]):
+        if len(self) < 2 or np.isnan(self.s[-1]):
             return
         if not self.position and self.f[0] > self.s[0] and self.f[-1] <= self.s[-1]:
             self.buy(size=self.p.size)
@@ -124,7 +131,11 @@ def test_ma_cross_with_slippage_matches_backtrader(panel: Panel) -> None:
     params = SignalParams(fast=FAST, slow=SLOW, slippage=slip, fee_per_share=fps, fee_per_order=fpo, size=size)
     ours = backtest(MACrossStrategy(params), panel, params, init_cash=CASH)
     cerebro = bt.Cerebro(stdstats=False)
-    cerebro.adddata(bt.feeds.PandasData(dataname=_bars(panel)))
+    # backtrader's own SMA sums with math.fsum, pandas with compensated running sums: on exact ties
+    # (flat prices) they differ in the last bit, so both engines get the same MA values here
+    df = _bars(panel)
+    df["fast"], df["slow"] = df["close"].rolling(FAST).mean(), df["close"].rolling(SLOW).mean()
+    cerebro.adddata(_WithMAs(dataname=df))
     cerebro.addstrategy(_BtCross, size=size)
     cerebro.broker.setcash(CASH)
     cerebro.broker.set_slippage_perc(slip, slip_open=True, slip_limit=True, slip_match=True, slip_out=True)
