@@ -94,9 +94,12 @@ def signal_run_nb(
     pending_bar = np.zeros(N, dtype=np.int64)
     last_close = np.full(N, np.nan)
     cash = init_cash
+    n_pending = 0
     for t in range(T):
         # 1) fills at this bar's open: sells first so their cash is available to buys
         for pass_side in (SELL, BUY):
+            if n_pending == 0:
+                break
             n_flat = 0
             for j in range(N):
                 if pos[j] == 0.0 and pending[j] != SELL:
@@ -116,6 +119,7 @@ def signal_run_nb(
                     cost = qty * price + order_fee_nb(qty, fee_per_share, fee_per_order)
                     if qty < 1.0 or cost > cash:
                         pending[j] = 0  # not enough cash: the order is dropped
+                        n_pending -= 1
                         continue
                     n_flat -= 1
                 fee = order_fee_nb(qty, fee_per_share, fee_per_order)
@@ -133,6 +137,7 @@ def signal_run_nb(
                 o["reason"] = ORDER_SIGNAL
                 n += 1
                 pending[j] = 0
+                n_pending -= 1
         # 2) decisions at this bar's close
         value = 0.0
         for j in range(N):
@@ -142,11 +147,13 @@ def signal_run_nb(
                 if pending[j] == 0:
                     if pos[j] == 0.0 and entries[t, j]:
                         pending[j] = BUY
+                        n_pending += 1
                         pending_bar[j] = t
                         if record:
                             decisions[t, j] = ACTIONABLE
                     elif pos[j] > 0.0 and exits[t, j]:
                         pending[j] = SELL
+                        n_pending += 1
                         pending_bar[j] = t
                         if record:
                             decisions[t, j] = EXIT_SIGNAL
