@@ -13,6 +13,8 @@ says so. Numba compile time is paid in a warm-up run and reported apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import time
 import warnings
 from collections.abc import Callable
@@ -103,7 +105,7 @@ def run_backtesting_py(df: pd.DataFrame, fast: int, slow: int) -> tuple[float, i
 
     bt_ = Backtest(df.rename(columns=str.capitalize), Cross, cash=10_000.0, trade_on_close=False)
     t = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its progress bar
         warnings.simplefilter("ignore")
         stats = bt_.run()
     return time.perf_counter() - t, int(stats["# Trades"])

@@ -103,18 +103,30 @@ def backtest(
     init_cash: float = 10_000.0,
     progress: bool = False,
 ) -> BacktestResult:
-    """Run one parameter set over `panel`, replay its fills in vectorbt and compute every KPI."""
+    """Run one parameter set over `panel`, replay its fills in vectorbt and compute every KPI.
+
+    `progress` shows a tqdm bar over the stages (rules, portfolio, KPIs) on stderr.
+    """
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     params = strategy.params if params is None else params
-    result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
-    panel = _align(panel, result)
-    rp = replay(result, panel.close)
-    trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
-    metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades).iloc[0].to_dict()
-    for key in ("n_trades", "n_orders"):
-        metrics[key] = int(metrics[key])
-    signals = kpis.signal_kpis(result, trades, 0)
-    hourly = kpis.hourly_kpis(result, trades, 0)
+    bar = tqdm(total=3, desc="rules", unit="stage", disable=not progress, leave=False)
+    with bar:
+        result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
+        bar.update()
+        bar.set_description("portfolio")
+        panel = _align(panel, result)
+        rp = replay(result, panel.close)
+        bar.update()
+        bar.set_description("KPIs")
+        trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
+        metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades).iloc[0].to_dict()
+        for key in ("n_trades", "n_orders"):
+            metrics[key] = int(metrics[key])
+        signals = kpis.signal_kpis(result, trades, 0)
+        hourly = kpis.hourly_kpis(result, trades, 0)
+        bar.update()
     sym = np.asarray(result.symbols, dtype=object)
     trades = trades.assign(
         symbol=sym[trades["col"]],
@@ -239,7 +251,7 @@ def _check_range(catalog: Any, symbols: Sequence[str], start: pd.Timestamp, end:
                             f"{pd.Timestamp(first).date()} .. {pd.Timestamp(last).date()}")
 
 
-def run_job(mode: str = "default", start: str | None = None, end: str | None = None,
+def run_job(mode: str | None = None, start: str | None = None, end: str | None = None,
             symbols: str | None = None, params_file: str | None = None, out: str = "reports") -> tuple[BacktestResult, Path]:
     """The `make backtest` job: sample catalog -> panel -> backtest -> summary, HTML, parquet files."""
     from data.sample import ensure_sample
@@ -247,7 +259,8 @@ def run_job(mode: str = "default", start: str | None = None, end: str | None = N
     from strategies.params import Params
     from strategies.tiered_basket import TieredBasketStrategy
 
-    params = Params.from_toml(params_file, mode=mode) if params_file else Params.preset(mode)
+    params = Params.from_toml(params_file, mode=mode) if params_file else Params.preset(mode or "default")
+    mode = params.mode
     catalog = ensure_sample()
     wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else list(params.universe)
     if not wanted:
@@ -268,7 +281,7 @@ def run_job(mode: str = "default", start: str | None = None, end: str | None = N
         raise DataError(f"no trading sessions between {lo.date()} and {hi.date()}")
     strategy = TieredBasketStrategy(params)
     bt = backtest(strategy, panel, params, events=catalog.read_events(lo.date(), hi.date()),
-                  progress=len(panel.index) > 50_000)
+                  progress=len(panel.index) > 20_000)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / f"backtest-{mode}-{lo.date()}_{hi.date()}.html"
@@ -289,7 +302,8 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the job, print the summary; a bad request prints one line and exits 2."""
     ap = _Parser(prog="python -m research.backtest", description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", default="default", choices=("default", "relaxed"))
+    ap.add_argument("--mode", choices=("default", "relaxed"),
+                    help="preset (default: default, or the mode named in --params)")
     ap.add_argument("--start", help="first session date (default: the catalog's common range)")
     ap.add_argument("--end", help="last session date, inclusive")
     ap.add_argument("--symbols", help="comma-separated symbols (default: the params' universe)")

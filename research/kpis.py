@@ -26,7 +26,7 @@ from strategies.base import RunResult
 
 NY = "America/New_York"
 SESSIONS_PER_YEAR = 252
-STRONG_MARGIN = 0.2  # SPEC §3: strong signal at |score| >= cutoff + 0.2
+STRONG_MARGIN = 0.2  # SPEC §3: strong signal at |score| >= cutoff + 0.2 (params.strong_margin wins)
 FLIP_WINDOW_S = 600  # SPEC §8: direction changes within 10 minutes
 TIERS = ("A", "B", "Reserve")
 
@@ -259,7 +259,8 @@ def _strong(result: RunResult, set_: int, evaluated: np.ndarray) -> np.ndarray |
     cutoff = _cutoff(params)
     if result.scores is None or cutoff is None:
         return None
-    return evaluated & (np.abs(np.nan_to_num(result.scores)) >= cutoff + STRONG_MARGIN)
+    margin = float(getattr(params, "strong_margin", STRONG_MARGIN))
+    return evaluated & (np.abs(np.nan_to_num(result.scores)) >= cutoff + margin)
 
 
 def signal_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> dict[str, float]:
@@ -276,8 +277,8 @@ def signal_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> dict[
     for c in (codes.ACTIONABLE, codes.EXIT_SIGNAL, codes.EVIDENCE):
         out[codes.DECISION_NAMES[c]] = int(counts[c])
     out["direction_lock_hits"] = int(counts[codes.DIRECTION_LOCK])
-    evaluated_n = generated - int(counts[codes.TOKEN])
     ex = result.extras
+    evaluated_n = int(ex["evaluated"][set_]) if "evaluated" in ex else generated - int(counts[codes.TOKEN])
     if "strong_signals" in ex:
         out["strong_signal_rate"] = float(ex["strong_signals"][set_]) / evaluated_n if evaluated_n else np.nan
     elif result.decisions is not None and (strong := _strong(result, set_, _evaluated(result.decisions[set_]))) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,15 @@ def test_cli_runs_as_a_module_on_a_symbol_subset(home: Path, tmp_path: Path) -> 
     assert "4 symbols" in proc.stdout and "report:" in proc.stdout
     orders = pd.read_parquet(tmp_path / "orders.parquet")
     assert set(orders["symbol"]) <= {"NVDA", "AMD", "AVGO", "SOXS"} and len(orders) > 0
+
+
+def test_params_file_names_its_mode_and_overrides_the_preset(home: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "p.toml"
+    good.write_text('[params]\nmode = "relaxed"\ncutoff = 0.5\n')
+    day = ["--start", "2024-10-22", "--end", "2024-10-22"]
+    assert main(["--params", str(good), *day, "--out", str(tmp_path)]) == 0
+    assert "12 symbols" in capsys.readouterr().out
+    html = tmp_path / "backtest-relaxed-2024-10-22_2024-10-22.html"
+    tail = html.read_text()[-200_000:]
+    assert re.search(r"<th>cutoff</th>\s*<td>0.5</td>", tail) and re.search(r"<th>cooldown_s</th>\s*<td>120.0</td>", tail)
