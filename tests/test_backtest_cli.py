@@ -84,6 +84,8 @@ def test_report_renders_equity_chart_in_headless_chromium(week_run: tuple[int, s
     assert 'class="main-svg"' in first[:200_000]
     assert ">Equity<" in first[:400_000] and ">Drawdown<" in first[:400_000]
     assert 'class="scatterlayer' in first[:400_000]
+    for title in ("Trades on price", "Signals by reason per session day", "Basket routing events"):
+        assert f">{title}<" in dom, title
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 30_000
 
 
