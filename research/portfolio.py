@@ -28,6 +28,7 @@ class Replay:
     portfolio: vbt.Portfolio
     bar_rows: np.ndarray  # (T,) last portfolio row of each original bar
     sets: tuple[int, ...]
+    index: pd.DatetimeIndex  # the original bars
 
     def value(self) -> pd.DataFrame:
         """Portfolio value per set (columns) at each original bar's close."""
@@ -39,8 +40,7 @@ class Replay:
 
     def _at_bars(self, df: pd.DataFrame | pd.Series) -> pd.DataFrame:
         arr = np.asarray(df).reshape(len(df), -1)[self.bar_rows]
-        idx = self.portfolio.wrapper.index[self.bar_rows]
-        return pd.DataFrame(arr, index=idx, columns=list(self.sets))
+        return pd.DataFrame(arr, index=self.index, columns=list(self.sets))
 
 
 def replay(result: RunResult, close: np.ndarray, sets: list[int] | None = None, *, freq: str = "1min") -> Replay:
@@ -97,4 +97,4 @@ def replay(result: RunResult, close: np.ndarray, sets: list[int] | None = None, 
         raise_reject=True,
         freq=freq,
     )
-    return Replay(portfolio=pf, bar_rows=first_row + mult - 1, sets=tuple(sets))
+    return Replay(portfolio=pf, bar_rows=first_row + mult - 1, sets=tuple(sets), index=result.index)
