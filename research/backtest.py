@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="preset (default: default, or the mode named in --params)")
     ap.add_argument("--start", help="first session date (default: the catalog's common range)")
     ap.add_argument("--end", help="last session date, inclusive")
-    ap.add_argument("--symbols", help="comma-separated symbols (default: the params' universe)")
+    ap.add_argument("--symbols", help="comma-separated symbols: the universe (tiers, baskets, conflict pairs) is cut down to them")
     ap.add_argument("--params", help="TOML file of parameters (overrides the mode's preset)")
     ap.add_argument("--out", default="reports", help="output directory (default: reports)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
