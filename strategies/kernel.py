@@ -58,19 +58,19 @@ BK_MIN, BK_NEG, BK_THR, BK_CONSEC = range(4)
 # ---- state layout -----------------------------------------------------------------------------
 F_CASH, F_DAY_START_EQ, F_SUM_WIN, F_SUM_LOSS = range(4)
 N_F = 4
-I_DAY, I_GLOBAL, I_MINUTE, I_TOK_A, I_TOK_B, I_TOK_R, I_N_CLOSED, I_N_WINS, I_BARS = range(9)
-N_I = 9
+I_DAY, I_GLOBAL, I_MINUTE, I_TOK_A, I_TOK_B, I_TOK_R, I_N_CLOSED, I_N_WINS, I_BARS, I_LOSS_HIT = range(10)
+N_I = 10
 SF_QTY, SF_ENTRY, SF_STOP, SF_TP, SF_LAST, SF_PENDING, SF_COST = range(7)
 N_SF = 7
 SI_LAST_EVAL, SI_LAST_SIG, SI_LAST_SIGN, SI_DAY_COUNT, SI_COUNTED, SI_LAST_ORDER, SI_ENTRY_T, SI_PEND_REASON, SI_PEND_DEC = range(9)
 N_SI = 9
 
 # ---- per-set statistics (K, S) ----------------------------------------------------------------
-ST_WANT_A, ST_WANT_B, ST_WANT_R, ST_OVER_A, ST_OVER_B, ST_OVER_R, ST_FALLBACK, ST_EVALUATED, ST_STRONG, ST_CLOSED, ST_WINS, ST_GROSS_WIN, ST_GROSS_LOSS, ST_FILLS, ST_FEES, ST_ORDER_OVERFLOW = range(16)
+ST_WANT_A, ST_WANT_B, ST_WANT_R, ST_OVER_A, ST_OVER_B, ST_OVER_R, ST_FALLBACK, ST_EVALUATED, ST_STRONG, ST_CLOSED, ST_WINS, ST_GROSS_WIN, ST_GROSS_LOSS, ST_FILLS, ST_FEES, ST_ORDER_OVERFLOW, ST_CANCELED = range(17)
 STAT_NAMES = (
     "token_wants_a", "token_wants_b", "token_wants_reserve", "token_overflows_a", "token_overflows_b",
     "token_overflows_reserve", "reserve_fallbacks", "evaluated", "strong_signals", "closed_trades",
-    "winning_trades", "gross_win", "gross_loss", "fills", "fees", "order_overflow",
+    "winning_trades", "gross_win", "gross_loss", "fills", "fees", "order_overflow", "canceled_entries",
 )
 N_STATS = len(STAT_NAMES)
 
@@ -282,6 +282,8 @@ def _entry_nb(
     """
     if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
         return C.SESSION_END
+    if state.i[I_LOSS_HIT]:
+        return C.RISK
     for k in range(s.conflict.shape[1]):
         if s.conflict[j, k] and (state.sf[k, SF_QTY] > 0 or state.sf[k, SF_PENDING] > 0):
             return C.CONFLICT
@@ -345,6 +347,14 @@ def step_nb(
             state.bi[b, 0] = 0
             state.bi[b, 1] = 0
         state.f[F_DAY_START_EQ] = equity_nb(state)
+        state.i[I_LOSS_HIT] = 0
+        if p[P_FLATTEN] > 0:  # intraday: an entry that found no bar before the close is dropped
+            for j in range(n_sym):
+                if state.sf[j, SF_PENDING] > 0:
+                    state.sf[j, SF_PENDING] = 0.0
+                    state.si[j, SI_PEND_REASON] = 0
+                    state.si[j, SI_PEND_DEC] = NEVER
+                    stats[ST_CANCELED] += 1
     # -- fills at the open, stops and take-profits inside the bar
     _fill_phase_nb(state, t, o, h, low, close_epoch, p, stats, ob_i, ob_f, n_orders)
     # -- mark at the close
@@ -353,6 +363,8 @@ def step_nb(
             state.sf[j, SF_LAST] = c[j]
     equity = equity_nb(state)
     state.i[I_BARS] += 1
+    if equity <= state.f[F_DAY_START_EQ] * (1.0 - p[P_DAILY_LOSS]):
+        state.i[I_LOSS_HIT] = 1  # latched: no new entries for the rest of the session (SPEC §5)
     for j in range(n_sym):
         decisions[j] = C.NOT_EVALUATED
         fresh[j] = False
@@ -397,8 +409,15 @@ def step_nb(
                 if r == TAKE_FALLBACK:
                     stats[ST_FALLBACK] += 1
         if got == 0:
-            decisions[j] = C.TOKEN
-            counts[C.TOKEN] += 1
+            if state.sf[j, SF_QTY] > 0 and score[j] <= -p[P_CUT]:
+                _exit_nb(state, j, now, C.ORDER_EXIT_SIGNAL)  # exits are never blocked by tokens
+                state.si[j, SI_LAST_SIG] = now
+                state.si[j, SI_LAST_SIGN] = -1
+                decisions[j] = C.EXIT_SIGNAL
+                counts[C.EXIT_SIGNAL] += 1
+            else:
+                decisions[j] = C.TOKEN
+                counts[C.TOKEN] += 1
             continue
         state.si[j, SI_LAST_EVAL] = now
         fresh[j] = True
@@ -422,13 +441,17 @@ def step_nb(
     # -- baskets: route a joint fall to the inverse ETF, sell it when the basket turns
     for b in range(s.basket_members.shape[0]):
         bp = s.basket_params[b]
-        short, long_ = basket_condition_nb(score, fresh, s.basket_members[b], int(bp[BK_MIN]), bp[BK_NEG], bp[BK_THR])
+        ticked, short, long_ = basket_condition_nb(score, fresh, s.basket_members[b], int(bp[BK_MIN]), bp[BK_NEG],
+                                                   bp[BK_THR])
+        if not ticked:
+            continue  # too few fresh members: not a tick, the run of ticks neither grows nor breaks
         state.bi[b, 0] = advance_ticks_nb(state.bi[b, 0], short)
         state.bi[b, 1] = advance_ticks_nb(state.bi[b, 1], long_)
         e = s.basket_target[b]
         if state.bi[b, 1] >= bp[BK_CONSEC] and state.sf[e, SF_QTY] > 0:
             if state.sf[e, SF_PENDING] >= 0:
                 _exit_nb(state, e, now, C.ORDER_BASKET_EXIT)
+                state.si[e, SI_LAST_ORDER] = now  # the ETF lock follows every order in the ETF
                 decisions[e] = C.EXIT_SIGNAL
                 counts[C.EXIT_SIGNAL] += 1
             continue

@@ -36,6 +36,7 @@ class Case:
     day: list[int] | None = None
     mtc: list[int] | None = None
     prices: dict[str, float] | None = None
+    missing: list[tuple[int, str]] = field(default_factory=list)
 
 
 def megatech(t: int, v: float) -> list[tuple[int, str, float]]:
@@ -132,6 +133,100 @@ CASES = [
     Case("a stop gapped through fills at the open", 3, [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")],
          bars={(2, "NVDA"): {"open": 90.0, "low": 89.0, "high": 90.0}},
          orders=[(1, "NVDA", "buy", "entry"), (2, "NVDA", "sell", "stop")]),
+    # --- baskets: shares, thresholds, exits, ticks on a faster feed ---
+    Case("a basket needs a 60% negative share, whatever its mean", 4,
+         [(t, s, v) for t in (0, 1) for s, v in (("AAPL", -0.9), ("MSFT", -0.9), ("AMZN", 0.05), ("META", 0.05),
+                                                 ("TSLA", 0.05))],
+         [(1, "SQQQ", "not_evaluated")], orders=[]),
+    Case("60% negative with a low enough mean fires", 4,
+         [(t, s, v) for t in (0, 1) for s, v in (("AAPL", -0.9), ("MSFT", -0.9), ("AMZN", -0.9), ("META", 0.05),
+                                                 ("TSLA", 0.05))],
+         [(1, "SQQQ", "actionable")], params={"cooldown_s": 0.0, "direction_lock_s": 0.0},
+         prices={"SQQQ": 10.0}),
+    Case("a mean above -0.12 does not fire", 3, megatech(0, -0.11) + megatech(1, -0.11),
+         [(1, "SQQQ", "not_evaluated")], orders=[]),
+    Case("a mean of -0.13 fires", 3, megatech(0, -0.13) + megatech(1, -0.13), [(1, "SQQQ", "actionable")],
+         prices={"SQQQ": 10.0}),
+    Case("the inverse ETF is sold after 2 ticks of the basket turning up, not 1", 8,
+         megatech(0, -0.6) + megatech(1, -0.6) + megatech(3, 0.3) + megatech(4, 0.05) + megatech(5, 0.3)
+         + megatech(6, 0.3),
+         [(1, "SQQQ", "actionable"), (3, "SQQQ", "not_evaluated"), (6, "SQQQ", "exit_signal")],
+         params={"cooldown_s": 0.0, "direction_lock_s": 0.0}, prices={"SQQQ": 10.0},
+         orders=[(2, "SQQQ", "buy", "basket_entry"), (7, "SQQQ", "sell", "basket_exit")]),
+    Case("on 30 s bars Tier B is evaluated every other bar and the basket still ticks", 6,
+         [x for t in range(6) for x in megatech(t, -0.6)],
+         [(1, "MSFT", "not_evaluated"), (2, "SQQQ", "actionable")],
+         params={"cooldown_s": 0.0, "direction_lock_s": 0.0}, step_s=30, prices={"SQQQ": 10.0}),
+    Case("a conflicting pair is refused while its partner is only pending", 3,
+         [x for t in (0, 1) for x in megatech(t, -0.6)] + [(t, s, -0.6) for t in (0, 1) for s in ("NVDA", "AMD", "AVGO")],
+         [(1, "SQQQ", "actionable"), (1, "SOXS", "conflict")],
+         events=[(t, s) for t in (0, 1) for s in ("AMD", "AVGO")],
+         params={"tokens_reserve": 2, "cooldown_s": 0.0, "direction_lock_s": 0.0,
+                 "conflicts": (("QQQ", "SQQQ"), ("SQQQ", "SOXS"))}, prices={"SQQQ": 10.0, "SOXS": 20.0}),
+    Case("the ETF lock holds 90 s: refused at 60 s, allowed at 120 s", 4,
+         [x for t in range(4) for x in megatech(t, -0.6)],
+         [(1, "SQQQ", "actionable"), (2, "SQQQ", "etf_lock"), (3, "SQQQ", "actionable")],
+         params={"cooldown_s": 0.0, "direction_lock_s": 0.0, "cadence_b_s": 0.0},
+         prices={"SQQQ": 10.0}, bars={(2, "SQQQ"): {"low": 9.0}}),
+    Case("the ETF lock also follows a basket exit", 6,
+         megatech(0, -0.6) + megatech(1, -0.6) + megatech(2, 0.3) + megatech(3, 0.3) + megatech(4, -0.6)
+         + megatech(5, -0.6),
+         [(3, "SQQQ", "exit_signal"), (5, "SQQQ", "etf_lock")],
+         params={"cooldown_s": 0.0, "direction_lock_s": 0.0, "cadence_b_s": 0.0, "tokens_b": 100}, step_s=30,
+         prices={"SQQQ": 10.0}),
+    # --- gates at their boundaries ---
+    Case("the direction lock ends exactly at direction_lock_s", 7, [(0, "NVDA", -0.6), (5, "NVDA", 0.6)],
+         [(0, "NVDA", "evidence"), (5, "NVDA", "actionable")]),
+    Case("a duplicate inside the window is reported before the cap", 3, [(0, "NVDA", 0.6), (1, "NVDA", 0.6)],
+         [(0, "NVDA", "actionable"), (1, "NVDA", "duplicate")],
+         params={"cap_a": 1, "cooldown_s": 0.0, "direction_lock_s": 0.0}, bars={(1, "NVDA"): {"low": 95.0}}),
+    Case("the global cap resets at the next New York session", 3, [(0, "NVDA", 0.6), (2, "TSLA", 0.6)],
+         [(0, "NVDA", "actionable"), (2, "TSLA", "actionable")],
+         params={"global_daily_cap": 1, "flatten_before_close_min": 0}, day=[1, 1, 2]),
+    Case("a 1.5% day loss still allows entries; the limit is 2%", 4, [(0, "NVDA", 0.6), (3, "TSLA", 0.6)],
+         [(0, "NVDA", "actionable"), (3, "TSLA", "actionable")],
+         params={"risk_per_trade": 0.05, "stop_loss_pct": 0.5, "exposure_cap": 1.0, "min_slots": 1,
+                 "max_concurrent_risk": 1.0},
+         bars={(2, "NVDA"): {"close": 85.0, "low": 85.0}}),
+    Case("once hit, the daily loss limit holds for the rest of the session", 6,
+         [(0, "NVDA", 0.6), (4, "TSLA", 0.6)], [(0, "NVDA", "actionable"), (4, "TSLA", "risk")],
+         params={"risk_per_trade": 0.05, "stop_loss_pct": 0.5, "exposure_cap": 1.0, "min_slots": 1,
+                 "max_concurrent_risk": 1.0},
+         bars={(2, "NVDA"): {"close": 40.0, "low": 60.0, "open": 100.0}, (3, "NVDA"): {"open": 100.0}}),
+    Case("a new session lifts the daily loss limit", 4, [(0, "NVDA", 0.6), (3, "TSLA", 0.6)],
+         [(0, "NVDA", "actionable"), (3, "TSLA", "actionable")],
+         params={"risk_per_trade": 0.05, "stop_loss_pct": 0.5, "exposure_cap": 1.0, "min_slots": 1,
+                 "max_concurrent_risk": 1.0, "flatten_before_close_min": 0},
+         bars={(2, "NVDA"): {"close": 40.0, "low": 40.0}}, day=[1, 1, 1, 2]),
+    # --- tokens ---
+    Case("the reserve fallback is only for seconds 0-10 of the minute", 2,
+         [(t, s, 0.1) for t in (0, 1) for s in ("NVDA", "TSLA", "AAPL")],
+         [(0, "AAPL", "token"), (1, "AAPL", "below_cutoff")],
+         params={"mode": "relaxed", "tokens_a": 2}, step_s=30),
+    Case("only Tier A may borrow the reserve", 1, [(0, "MSFT", 0.1), (0, "AMZN", 0.1), (0, "META", 0.1)],
+         [(0, "META", "token")], params={"mode": "relaxed", "tokens_b": 2}),
+    Case("buckets refill to capacity, unused tokens do not pile up", 2,
+         [(0, "MSFT", 0.1), (1, "MSFT", 0.1), (1, "AMZN", 0.1), (1, "META", 0.1)],
+         [(1, "META", "token")], events=[(1, "MSFT")]),
+    Case("buckets refill once per minute, not per bar", 2,
+         [(t, s, 0.1) for t in (0, 1) for s in ("MSFT", "AMZN", "META")],
+         [(0, "META", "below_cutoff"), (1, "MSFT", "token"), (1, "META", "token")],
+         params={"cadence_b_s": 0.0}, step_s=20),
+    Case("a held stock exits even when its bucket is empty", 4,
+         [(0, "META", 0.6), (2, "MSFT", 0.1), (2, "AMZN", 0.1), (2, "META", -0.9)],
+         [(0, "META", "actionable"), (2, "META", "exit_signal")], events=[(2, "MSFT")],
+         orders=[(1, "META", "buy", "entry"), (3, "META", "sell", "exit_signal")]),
+    # --- exits ---
+    Case("a take-profit inside a bar fills at its price", 3, [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")],
+         bars={(2, "NVDA"): {"high": 110.0}}, orders=[(1, "NVDA", "buy", "entry"), (2, "NVDA", "sell", "take_profit")]),
+    Case("a bar touching both the stop and the take-profit exits at the stop", 3, [(0, "NVDA", 0.6)],
+         [(0, "NVDA", "actionable")], bars={(2, "NVDA"): {"high": 110.0, "low": 90.0}},
+         orders=[(1, "NVDA", "buy", "entry"), (2, "NVDA", "sell", "stop")]),
+    Case("max_hold_minutes closes a position", 6, [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")],
+         params={"max_hold_minutes": 3}, orders=[(1, "NVDA", "buy", "entry"), (5, "NVDA", "sell", "max_hold")]),
+    Case("an entry that finds no bar before the close is dropped, not carried overnight", 4,
+         [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")], mtc=[6, 5, 300, 299], day=[1, 1, 2, 2],
+         missing=[(1, "NVDA")], orders=[]),
 ]
 
 
@@ -139,7 +234,7 @@ def _run_both(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     params = dict(case.params)
     strat = strategy(**params)
     inputs = make_inputs(case.n_bars, case.scores, prices=case.prices, bars=case.bars, events=case.events,
-                         step_s=case.step_s, day=case.day, minutes_to_close=case.mtc)
+                         step_s=case.step_s, day=case.day, minutes_to_close=case.mtc, missing=case.missing)
     res = strat.run_inputs(inputs)
     log = strat.walk(inputs, strat.new_state())
     return res.decisions[0], res.orders, log.decisions, log.orders
@@ -223,3 +318,56 @@ def test_risk_summary_fields() -> None:
         assert key in rs
     assert rs["max_risk_pct"] == pytest.approx(2.0)
     assert 0 < rs["current_risk_pct"] < 2.0 and rs["risk_status"] in ("safe", "warning")
+
+
+def test_min_slots_keep_a_position_small_when_few_slots_are_left() -> None:
+    assert position_cap_notional_nb(10_000.0, 0.0, 0, 1, 0.8, 3) == pytest.approx(2666.67, abs=0.01)
+    assert position_cap_notional_nb(10_000.0, 0.0, 0, 4, 0.8, 3) == pytest.approx(2000.0)
+    assert position_cap_notional_nb(10_000.0, 7000.0, 2, 4, 0.8, 3) == pytest.approx(1000.0)  # exposure left
+
+
+def test_concurrent_risk_counts_pending_entries_and_rounds_down() -> None:
+    # stop 10% away: each share risks $10; 0.7% of $10,000 = $70 of risk in all
+    strat = strategy(stop_loss_pct=0.1, take_profit_pct=0.2, max_concurrent_risk=0.007)
+    o = strat.run_inputs(make_inputs(3, [(0, "NVDA", 0.6), (0, "TSLA", 0.6)])).orders
+    qty = {UNIVERSE[c]: q for c, q in zip(o["col"], o["qty"], strict=True)}
+    assert qty["NVDA"] == 5  # floor(0.005 * 10,000 / 10)
+    assert qty["TSLA"] == 2  # floor((70 - 50 pending) / 10)
+
+
+def test_cash_follows_prices_slippage_and_fees_to_the_cent() -> None:
+    strat = strategy(fee_per_share=0.01, fee_per_order=1.0, slippage=0.001)
+    inputs = make_inputs(4, [(0, "NVDA", 0.6), (1, "NVDA", -0.6)], bars={(1, "NVDA"): {"open": 100.0},
+                                                                        (2, "NVDA"): {"open": 102.0}})
+    res = strat.run_inputs(inputs)
+    buy, sell = res.orders
+    assert buy["price"] == pytest.approx(100.1) and sell["price"] == pytest.approx(102.0 * 0.999)
+    assert buy["fees"] == pytest.approx(buy["qty"] * 0.01 + 1.0)
+    cash = 10_000.0 - buy["qty"] * buy["price"] - buy["fees"] + sell["qty"] * sell["price"] - sell["fees"]
+    assert res.cash[-1, 0] == pytest.approx(cash, abs=1e-9)
+    assert res.equity[-1, 0] == pytest.approx(cash, abs=1e-9)
+    assert res.extras["fees"][0] == pytest.approx(buy["fees"] + sell["fees"])
+
+
+def test_an_entry_never_spends_more_cash_than_there_is() -> None:
+    # a tiny account: the sizing at the close says 1 share, the gap up at the open makes it unaffordable
+    strat = strategy(fee_per_order=5.0, risk_per_trade=0.1, exposure_cap=1.0, min_slots=1, max_positions=1)
+    inputs = make_inputs(3, [(0, "NVDA", 0.6)], bars={(1, "NVDA"): {"open": 118.0}})
+    res = strat.run_inputs(inputs, init_cash=120.0)
+    assert decision(res.decisions[0], 0, "NVDA") == "actionable"  # 1 share at the $100 close
+    assert len(res.orders) == 0 and res.cash[-1, 0] == 120.0  # $118.02 + $5 fee at the open: not bought
+
+
+def test_the_kelly_cap_stops_entries_after_a_losing_record() -> None:
+    from strategies.rules.risk import kelly_fraction_nb
+
+    assert kelly_fraction_nb(10, 6, 600.0, 200.0) == pytest.approx(0.6 - 0.4 / ((600 / 6) / (200 / 4)))
+    assert np.isnan(kelly_fraction_nb(3, 0, 0.0, 30.0))
+    # two stop-outs, then a take-profit twice their size: Kelly f = 1/3 - (2/3) / 2 = 0, so no more risk
+    scores = [(0, "NVDA", 0.6), (3, "TSLA", 0.6), (6, "AAPL", 0.6), (9, "MSFT", 0.6)]
+    bars = {(2, "NVDA"): {"low": 90.0}, (5, "TSLA"): {"low": 90.0}, (8, "AAPL"): {"high": 110.0}}
+    inputs = make_inputs(12, scores, bars=bars)
+    off = strategy().run_inputs(inputs).decisions[0]
+    on = strategy(kelly_cap=0.5, kelly_min_trades=3).run_inputs(inputs).decisions[0]
+    assert decision(off, 9, "MSFT") == "actionable"
+    assert decision(on, 9, "MSFT") == "risk"

@@ -10,10 +10,10 @@ from numba import njit
 def basket_condition_nb(
     scores: np.ndarray, fresh: np.ndarray, members: np.ndarray, min_signals: int, neg_share: float,
     threshold: float,
-) -> tuple[bool, bool]:
-    """(fires_short, turns_long) for one bar: short when >= min_signals members are fresh, the
-    negative share is >= neg_share and the mean <= -threshold; long (the ETF's exit) when as many
-    members are fresh and the mean is >= +threshold.
+) -> tuple[bool, bool, bool]:
+    """(is_tick, fires_short, turns_long) for one bar. A bar is a tick of the basket when at least
+    min_signals members have a fresh score; then it fires short when the negative share is >=
+    neg_share and the mean <= -threshold, and turns long (the ETF's exit) when the mean >= +threshold.
     """
     n = 0
     neg = 0
@@ -25,9 +25,9 @@ def basket_condition_nb(
             if scores[j] < 0:
                 neg += 1
     if n < min_signals or n == 0:
-        return False, False
+        return False, False, False
     mean = total / n
-    return (neg / n >= neg_share and mean <= -threshold), mean >= threshold
+    return True, (neg / n >= neg_share and mean <= -threshold), mean >= threshold
 
 
 @njit(cache=True)
