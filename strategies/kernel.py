@@ -30,7 +30,7 @@ from strategies.fills import (
 )
 from strategies.rules.baskets import advance_ticks_nb, basket_condition_nb
 from strategies.rules.gates import cap_gate_nb, stock_gate_nb
-from strategies.rules.risk import REFUSE_NONE, kelly_fraction_nb, size_entry_nb
+from strategies.rules.risk import REFUSE_NONE, daily_loss_hit_nb, kelly_fraction_nb, size_entry_nb
 from strategies.rules.tokens import TAKE_FAILED, TAKE_FALLBACK, refill_nb, take_token_nb
 
 NEVER = -(2**62)  # epoch of "never happened"
@@ -282,8 +282,6 @@ def _entry_nb(
     """
     if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
         return C.SESSION_END
-    if state.i[I_LOSS_HIT]:
-        return C.RISK
     for k in range(s.conflict.shape[1]):
         if s.conflict[j, k] and (state.sf[k, SF_QTY] > 0 or state.sf[k, SF_PENDING] > 0):
             return C.CONFLICT
@@ -297,8 +295,8 @@ def _entry_nb(
     if rpt <= 0.0:
         return C.RISK
     qty, refusal = size_entry_nb(
-        equity, price, state.f[F_DAY_START_EQ], n_open, exposure, risk, rpt, p[P_SL], p[P_MAX_RISK],
-        p[P_DAILY_LOSS], int(p[P_MAX_POS]), p[P_EXPOSURE], int(p[P_MIN_SLOTS]),
+        equity, price, state.i[I_LOSS_HIT] == 1, n_open, exposure, risk, rpt, p[P_SL], p[P_MAX_RISK],
+        int(p[P_MAX_POS]), p[P_EXPOSURE], int(p[P_MIN_SLOTS]),
     )
     if refusal != REFUSE_NONE:
         return C.RISK
@@ -363,7 +361,7 @@ def step_nb(
             state.sf[j, SF_LAST] = c[j]
     equity = equity_nb(state)
     state.i[I_BARS] += 1
-    if equity <= state.f[F_DAY_START_EQ] * (1.0 - p[P_DAILY_LOSS]):
+    if daily_loss_hit_nb(equity, state.f[F_DAY_START_EQ], p[P_DAILY_LOSS]):
         state.i[I_LOSS_HIT] = 1  # latched: no new entries for the rest of the session (SPEC §5)
     for j in range(n_sym):
         decisions[j] = C.NOT_EVALUATED

@@ -16,6 +16,12 @@ REFUSE_NAMES = ("", "daily_loss_limit", "max_positions", "concurrent_risk", "exp
 
 
 @njit(cache=True)
+def daily_loss_hit_nb(equity: float, day_start_equity: float, daily_loss_limit: float) -> bool:
+    """True once equity has lost daily_loss_limit of the session's starting equity (the caller latches it)."""
+    return equity <= day_start_equity * (1.0 - daily_loss_limit)
+
+
+@njit(cache=True)
 def kelly_fraction_nb(n_closed: int, n_wins: int, sum_win: float, sum_loss: float) -> float:
     """Kelly fraction f = W - (1 - W) / R from closed trades (NaN until there are wins and losses)."""
     n_loss = n_closed - n_wins
@@ -41,24 +47,24 @@ def position_cap_notional_nb(
 def size_entry_nb(
     equity: float,
     price: float,
-    day_start_equity: float,
+    loss_limit_hit: bool,
     n_open: int,
     exposure_now: float,
     risk_now: float,
     risk_per_trade: float,
     stop_loss_pct: float,
     max_concurrent_risk: float,
-    daily_loss_limit: float,
     max_positions: int,
     exposure_cap: float,
     min_slots: int,
 ) -> tuple[float, int]:
     """Shares for a new long entry and a refusal code (REFUSE_NONE when qty >= 1).
 
+    `loss_limit_hit` is the session's latched daily-loss flag (see daily_loss_hit_nb).
     shares = floor(risk_per_trade * equity / (price * stop_loss_pct)), then bounded by the
     position notional cap, the free exposure and the free concurrent risk; all round down.
     """
-    if equity <= day_start_equity * (1.0 - daily_loss_limit):
+    if loss_limit_hit:
         return 0.0, REFUSE_DAILY_LOSS
     if n_open >= max_positions:
         return 0.0, REFUSE_MAX_POSITIONS
