@@ -99,26 +99,9 @@ class Structure(NamedTuple):
     conflict: np.ndarray  # (N, N) bool: never held together
 
 
-def new_state(n_sym: int, n_baskets: int, init_cash: float) -> State:
-    """A fresh state: all cash, no positions, every clock at NEVER."""
-    f = np.zeros(N_F)
-    f[F_CASH] = init_cash
-    f[F_DAY_START_EQ] = init_cash
-    i = np.zeros(N_I, dtype=np.int64)
-    i[I_DAY] = -1
-    i[I_MINUTE] = -1
-    sf = np.zeros((n_sym, N_SF))
-    sf[:, SF_STOP] = np.nan
-    sf[:, SF_TP] = np.nan
-    sf[:, SF_LAST] = np.nan
-    si = np.zeros((n_sym, N_SI), dtype=np.int64)
-    for col in (SI_LAST_EVAL, SI_LAST_SIG, SI_COUNTED, SI_LAST_ORDER, SI_ENTRY_T, SI_PEND_DEC):
-        si[:, col] = NEVER
-    return State(f, i, sf, si, np.zeros((n_baskets, 2), dtype=np.int64))
-
-
 @njit(cache=True)
-def _new_state_nb(n_sym: int, n_baskets: int, init_cash: float) -> State:
+def new_state_nb(n_sym: int, n_baskets: int, init_cash: float) -> State:
+    """A fresh state: all cash, no positions, every clock at NEVER."""
     f = np.zeros(N_F)
     f[F_CASH] = init_cash
     f[F_DAY_START_EQ] = init_cash
@@ -494,7 +477,7 @@ def run_nb(
     ob_f = np.zeros((n_sets, order_capacity, 3))
     n_orders = np.zeros((n_sets, 1), dtype=np.int64)
     for k in prange(n_sets):
-        state = _new_state_nb(n_sym, n_b, init_cash)
+        state = new_state_nb(n_sym, n_b, init_cash)
         p = pmat[k]
         dec_row = np.zeros(n_sym, dtype=np.int8)
         fresh = np.zeros(n_sym, dtype=np.bool_)

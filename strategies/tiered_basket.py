@@ -204,7 +204,7 @@ class TieredBasketStrategy(Strategy):
     # ---- the bar-by-bar driver ----------------------------------------------------------------
     def new_state(self, init_cash: float = 10_000.0) -> K.State:
         """A fresh state for this strategy's universe."""
-        return K.new_state(len(self.params.universe), len(self.params.baskets), init_cash)
+        return K.new_state_nb(len(self.params.universe), len(self.params.baskets), float(init_cash))
 
     def walk(self, inputs: BarInputs, state: K.State, start: int = 0, stop: int | None = None) -> WalkLog:
         """Drive `kernel.step_nb` from Python over bars [start, stop) of `inputs`, mutating `state`."""
