@@ -1,6 +1,7 @@
 """Rules-kernel speed: bar-evaluations per second for 1, 64 and 1024 parameter sets over a year of
-minute bars for the 12-symbol universe, against the same step driven bar by bar from Python (the
-live runner's path) in the same script. Compile time is reported apart.
+minute bars for the 12-symbol universe. Peers in the same script: the same compiled step driven bar
+by bar from a Python loop (the live runner's path), and the same step interpreted by CPython
+(NUMBA_DISABLE_JIT=1, in a child process) on a slice. Compile time is reported apart.
 
 Run: .venv/bin/python benchmarks/rules_kernel.py [--sets 1,64,1024] [--year 2024]
 """
@@ -8,6 +9,9 @@ Run: .venv/bin/python benchmarks/rules_kernel.py [--sets 1,64,1024] [--year 2024
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,6 +25,7 @@ def main() -> None:
     ap.add_argument("--sets", default="1,64,1024")
     ap.add_argument("--year", type=int, default=2024)
     ap.add_argument("--peer-bars", type=int, default=20_000, help="bars the Python-driven peer walks")
+    ap.add_argument("--interp-bars", type=int, default=3_000, help="bars the interpreted peer walks")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -64,6 +69,20 @@ def main() -> None:
     peer_rate = peer_bars * n_sym / dt
     print(f"peer (Python loop over step_nb, {peer_bars:,} bars, 1 set): {peer_rate:,.0f} bar-evals/s")
     print(f"ratio compiled loop / Python-driven loop (1 set): {kernel_rate / peer_rate:,.1f}x")
+
+    # peer: the very same step interpreted by CPython (what the rules cost without numba)
+    code = (
+        "import time; from data.sample import generate_panel; "
+        "from strategies.tiered_basket import TieredBasketStrategy; "
+        f"pn = generate_panel('{args.year}-01-01', '{args.year}-01-31'); s = TieredBasketStrategy(); "
+        "inp = s.prepare(pn); st = s.new_state(); t0 = time.perf_counter(); "
+        f"s.walk(inp, st, 0, {args.interp_bars}); print(time.perf_counter() - t0)"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    interp_rate = args.interp_bars * n_sym / float(out.stdout.strip().splitlines()[-1])
+    print(f"peer (same step interpreted by CPython, {args.interp_bars:,} bars, 1 set): {interp_rate:,.0f} bar-evals/s")
+    print(f"ratio compiled loop / interpreted step (1 set): {kernel_rate / interp_rate:,.0f}x")
 
 
 if __name__ == "__main__":

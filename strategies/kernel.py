@@ -123,7 +123,7 @@ def new_state_nb(n_sym: int, n_baskets: int, init_cash: float) -> State:
     return State(f, i, sf, si, np.zeros((n_baskets, 2), dtype=np.int64))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def equity_nb(state: State) -> float:
     """Cash plus every position at its last known close."""
     eq = state.f[F_CASH]
@@ -134,7 +134,7 @@ def equity_nb(state: State) -> float:
     return eq
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _record_order_nb(
     ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray, stats: np.ndarray, bar: int, dec: int,
     col: int, side: int, qty: float, price: float, fees: float, reason: int,
@@ -156,7 +156,7 @@ def _record_order_nb(
     n_orders[0] = k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _close_position_nb(
     state: State, j: int, price: float, p: np.ndarray, stats: np.ndarray, ob_i: np.ndarray,
     ob_f: np.ndarray, n_orders: np.ndarray, bar: int, dec: int, reason: int,
@@ -184,7 +184,7 @@ def _close_position_nb(
     _record_order_nb(ob_i, ob_f, n_orders, stats, bar, dec, j, SELL, qty, price, fee, reason)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _local_bar_nb(close_epoch: np.ndarray, epoch: int) -> int:
     """Index of the bar that closed at `epoch` in this run, or -1 (decided before the run began)."""
     k = np.searchsorted(close_epoch, epoch)
@@ -193,7 +193,7 @@ def _local_bar_nb(close_epoch: np.ndarray, epoch: int) -> int:
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fill_phase_nb(
     state: State, t: int, o: np.ndarray, h: np.ndarray, low: np.ndarray, close_epoch: np.ndarray,
     p: np.ndarray, stats: np.ndarray, ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray,
@@ -233,7 +233,7 @@ def _fill_phase_nb(
                 _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, t - 1, reason)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _book_nb(state: State, p: np.ndarray) -> tuple[int, float, float]:
     """(open or pending positions, exposure, risk to stop) of the book, pending entries included."""
     n_open = 0
@@ -254,7 +254,7 @@ def _book_nb(state: State, p: np.ndarray) -> tuple[int, float, float]:
     return n_open, exposure, risk
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _entry_nb(
     state: State, j: int, now: int, equity: float, p: np.ndarray, s: Structure, cap: float,
     reason: int, mtc: int,
@@ -296,7 +296,7 @@ def _entry_nb(
     return C.ACTIONABLE
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _exit_nb(state: State, j: int, now: int, reason: int) -> None:
     """Leave a market exit pending for a held position (exits pass every gate)."""
     if state.sf[j, SF_QTY] > 0 and state.sf[j, SF_PENDING] >= 0:
