@@ -13,16 +13,13 @@ Errors are tierlab.errors.BrokerError with `status` and `retryable`; keys never 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import pandas as pd
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
@@ -46,55 +43,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from strategies.intents import OrderIntent
 from tierlab.errors import BrokerError, ConfigError
 from tierlab.log import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-def client_order_id(strategy: str, symbol: str, bar_time: pd.Timestamp | datetime | str, intent: str) -> str:
-    """Deterministic client_order_id for one decision: the same inputs always give the same id.
-
-    `bar_time` must be tz-aware (the decision bar's time); the id is readable and <= 64 chars.
-    """
-    t = pd.Timestamp(bar_time)
-    if t.tz is None:
-        raise ConfigError(f"bar_time must be tz-aware UTC, got naive {t} for {symbol} {intent}")
-    key = f"{strategy}|{symbol.upper()}|{t.tz_convert('UTC').isoformat()}|{intent}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return f"tl-{symbol.upper()}-{intent}-{t.tz_convert('UTC'):%Y%m%d%H%M}-{digest}"[:64]
-
-
-@dataclass(frozen=True)
-class OrderIntent:
-    """What the strategy wants placed. `take_profit` and `stop_loss` together make a bracket order."""
-
-    strategy: str
-    symbol: str
-    side: str
-    qty: float
-    bar_time: pd.Timestamp
-    intent: str = "entry"
-    type: str = "market"
-    time_in_force: str = "day"
-    limit_price: float | None = None
-    stop_price: float | None = None
-    take_profit: float | None = None
-    stop_loss: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.side not in ("buy", "sell"):
-            raise ConfigError(f"OrderIntent.side must be 'buy' or 'sell', got {self.side!r} ({self.symbol})")
-        if not self.qty > 0:
-            raise ConfigError(f"OrderIntent.qty must be > 0, got {self.qty!r} ({self.symbol})")
-        if self.type not in ("market", "limit", "stop", "stop_limit"):
-            raise ConfigError(f"OrderIntent.type {self.type!r} is not market/limit/stop/stop_limit ({self.symbol})")
-
-    @property
-    def client_order_id(self) -> str:
-        """The idempotency key of this intent."""
-        return client_order_id(self.strategy, self.symbol, self.bar_time, self.intent)
 
 
 @dataclass

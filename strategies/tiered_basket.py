@@ -20,6 +20,7 @@ from data.bars import Panel
 from strategies import codes as C
 from strategies import kernel as K
 from strategies.base import ORDER_DTYPE, RunResult, Strategy
+from strategies.intents import OrderIntent
 from strategies.params import Params
 from strategies.rules.risk import kelly_fraction_nb
 from strategies.score import score_nb, volume_spikes_nb
@@ -225,6 +226,29 @@ class TieredBasketStrategy(Strategy):
             log.cash[r] = state.f[K.F_CASH]
         log.orders = _orders(0, ob_i, ob_f, int(n_orders[0]))
         return log
+
+    def intents(self, state: K.State) -> list[OrderIntent]:
+        """The market orders the step left pending at the last bar's close, as broker intents.
+
+        Entries carry a bracket (stop and take-profit) estimated from the decision close; the
+        kernel itself re-anchors both at the fill price. Ids are idempotent per decision.
+        """
+        p = self.params
+        out = []
+        for j, sym in enumerate(p.universe):
+            q = float(state.sf[j, K.SF_PENDING])
+            if q == 0.0:
+                continue
+            reason = C.ORDER_REASON_NAMES.get(int(state.si[j, K.SI_PEND_REASON]), "signal")
+            when = pd.Timestamp(int(state.si[j, K.SI_PEND_DEC]), unit="s", tz="UTC")
+            if q > 0:
+                last = float(state.sf[j, K.SF_LAST])
+                out.append(OrderIntent(self.name, sym, "buy", q, when, intent=reason,
+                                       stop_loss=round(last * (1 - p.stop_loss_pct), 2),
+                                       take_profit=round(last * (1 + p.take_profit_pct), 2)))
+            else:
+                out.append(OrderIntent(self.name, sym, "sell", -q, when, intent=reason))
+        return out
 
     def risk_summary(self, state: K.State) -> dict[str, Any]:
         """The old bot's /portfolio/summary fields (SPEC §5) for a state."""

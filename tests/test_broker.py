@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from data.bars import Panel
-from live.broker import AlpacaBroker, OrderIntent, client_order_id
+from live.broker import AlpacaBroker
 from live.sim import ManualClock, SimConfig, SimServer
+from strategies.intents import OrderIntent, client_order_id
 from tierlab.errors import BrokerError, ConfigError
 
 T0 = pd.Timestamp("2024-11-01 14:00", tz="UTC")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from data.sample import generate_panel
@@ -53,3 +54,26 @@ def test_parameter_sets_must_share_the_universe(panel) -> None:
     p = Params.preset()
     with pytest.raises(ConfigError, match="every set must share tier_a"):
         TieredBasketStrategy().run(panel, [p, p.replace(tier_a=("NVDA", "TSLA"), tier_bench=("GOOGL", "AMD", "AVGO", "AAPL"))])
+
+
+def test_pending_orders_become_idempotent_broker_intents(panel) -> None:
+    """What the live runner sends after a bar is exactly what the history driver fills next bar."""
+    strat = TieredBasketStrategy()
+    inputs = strat.prepare(panel)
+    full = strat.run_inputs(inputs).orders
+    state = strat.new_state()
+    seen = 0
+    for t in range(len(inputs.index) - 1):
+        strat.walk(inputs, state, t, t + 1)
+        intents = strat.intents(state)
+        decided_now = full[(full["decision_bar"] == t) & (full["reason"] != 3) & (full["reason"] != 4)]
+        want = sorted((inputs.symbols[o["col"]], "buy" if o["side"] > 0 else "sell", float(o["qty"])) for o in decided_now
+                      if o["bar"] == t + 1)
+        got = sorted((i.symbol, i.side, i.qty) for i in intents if i.bar_time == inputs.index[t] + pd.Timedelta(minutes=1))
+        assert set(want) <= set(got)
+        for i in intents:
+            assert i.client_order_id == strat.intents(state)[intents.index(i)].client_order_id
+            if i.side == "buy":
+                assert i.stop_loss < i.take_profit
+        seen += len(want)
+    assert seen > 10
