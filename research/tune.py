@@ -13,11 +13,19 @@ Trial outcomes:
   pruned trials as worse than complete ones, which is the intended "failing" score;
 - an exception from the backtest: FAILED (optimize(catch=(Exception,))); the study goes on.
 
+What "out of sample" means here: each fold's test window is unseen by that fold's training window,
+but the optimizer ranks parameter sets by those test scores, so choosing the best trial is itself a
+fit to the test windows. Three guards measure that selection: the deflated Sharpe ratio (given the
+number of trials), PBO by CSCV, and a holdout: the last `--holdout-days` sessions (after a purge gap)
+are never shown to the optimizer and are scored once, for the best trial only.
+
 Storage defaults to SQLite under `tierlab_home()/studies/`; a PostgreSQL URL lets processes on
-several machines share one study (each opens it with load_if_exists, so running the same command
-again resumes the study and adds trials; `--fresh` deletes it first). `--workers W` starts W
-local processes on the same storage, worker i seeded with seed + i so they do not repeat each
-other. With one worker, the same seed on a fresh study gives the same trials and best parameters.
+several machines share one study (each opens it with load_if_exists). `--trials N` is the number of
+finished trials the study should hold: running the same command again adds only the missing ones
+(none, if the study is complete), so a re-run reports the same best trial; `--fresh` deletes the
+study first. `--workers W` starts W local processes on the same storage, worker i seeded with
+seed + i so they do not repeat each other. With one worker, the same seed on a fresh study gives
+the same trials and best parameters.
 
 After the study, `report` re-runs the best trial on each fold's train window for the in-sample
 side of the per-fold table (only the best trial: the objective itself never looks at in-sample
@@ -82,6 +90,7 @@ class TuneConfig:
     train_days: int = 10
     test_days: int = 5
     purge_days: int = 1
+    holdout_days: int = 5
     startup_trials: int = 10
     progress: bool = True
     fresh: bool = False
@@ -90,7 +99,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0)):
+        for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0),
+                          ("holdout_days", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
 
@@ -119,6 +129,7 @@ class Problem(NamedTuple):
     base: Any  # Params (or a stand-in with .replace(**changes) and .model_dump())
     folds: Sequence[Fold]
     evaluate: Callable[[Any, range], WindowResult]
+    holdout: range | None = None  # sessions the optimizer never sees; scored for the best trial only
 
 
 ProblemFactory = Callable[[TuneConfig], Problem]
@@ -232,6 +243,13 @@ def open_study(cfg: TuneConfig, seed_offset: int = 0) -> optuna.Study:
     )
 
 
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=_FINISHED))
+
+
 def _worker(cfg: TuneConfig, factory: ProblemFactory, n_trials: int, worker: int, progress: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     problem = factory(cfg)
@@ -241,6 +259,8 @@ def _worker(cfg: TuneConfig, factory: ProblemFactory, n_trials: int, worker: int
         n_trials=n_trials,
         catch=(Exception,),
         show_progress_bar=progress,
+        # workers on other machines may share the study: stop once it holds --trials finished trials
+        callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, states=_FINISHED)],
     )
 
 
@@ -254,12 +274,15 @@ def run_study(cfg: TuneConfig, factory: ProblemFactory | None = None) -> optuna.
             optuna.delete_study(study_name=cfg.study, storage=storage)
         except KeyError:
             pass
-    existing = len(open_study(cfg).trials)  # create once, before workers race to create it
+    existing = _finished(open_study(cfg))  # create once, before workers race to create it
+    todo = max(0, cfg.trials - existing)
     if existing:
-        log.info("study_resumed", study=cfg.study, existing_trials=existing, adding=cfg.trials,
-                 reason="a study of this name exists on the storage; pass --fresh to start over")
-    shares = [cfg.trials // cfg.workers + (i < cfg.trials % cfg.workers) for i in range(cfg.workers)]
-    log.info("tune_start", study=cfg.study, trials=cfg.trials, workers=cfg.workers, objective=cfg.objective,
+        log.info("study_resumed", study=cfg.study, finished_trials=existing, target=cfg.trials, adding=todo,
+                 reason="a study of this name exists on the storage; --trials is its size, --fresh starts over")
+    if todo == 0:
+        return open_study(cfg)
+    shares = [todo // cfg.workers + (i < todo % cfg.workers) for i in range(cfg.workers)]
+    log.info("tune_start", study=cfg.study, trials=todo, workers=cfg.workers, objective=cfg.objective,
              storage=_safe_url(storage))
     if cfg.workers == 1:
         _worker(cfg, factory, shares[0], 0, cfg.progress)
@@ -356,6 +379,12 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
     guards = compute_guards(recs, best.number)
     lines = [f"study {cfg.study!r}: objective {cfg.objective} ({cfg.metric}), seed {cfg.seed}"]
     lines += summary_lines(best, table, guards, cfg.objective)
+    if problem.holdout is not None and len(problem.holdout):
+        params = problem.base.replace(**normalize(problem.space, best.params))
+        hold = problem.evaluate(params, problem.holdout).metrics
+        shown = ", ".join(f"{k} {'n/a' if _num(hold.get(k)) is None else format(_num(hold.get(k)), '.4f')}"
+                          for k in _table_columns(cfg.metric))
+        lines.append(f"  holdout, {len(problem.holdout)} sessions never seen by the optimizer: {shown}")
     out_dir = Path(out_dir or Path("reports") / f"tune-{cfg.study}")
     out_dir.mkdir(parents=True, exist_ok=True)
     params_path = out_dir / "best_params.toml"
@@ -394,7 +423,9 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
     strategy = TieredBasketStrategy(base)
     numbers = session_numbers(panel.index)
     n_sessions = int(numbers[-1]) + 1 if len(numbers) else 0
-    folds = list(walk_forward(n_sessions, cfg.train_days, cfg.test_days, cfg.purge_days))
+    searched = n_sessions - (cfg.holdout_days + cfg.purge_days if cfg.holdout_days else 0)
+    folds = list(walk_forward(searched, cfg.train_days, cfg.test_days, cfg.purge_days))
+    holdout = range(n_sessions - cfg.holdout_days, n_sessions) if cfg.holdout_days else None
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
         sub = window_panel(panel, numbers, sessions)
@@ -402,7 +433,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
         metrics = grid.metrics.iloc[0].to_dict()
         return WindowResult(metrics, session_returns(grid.equity.iloc[:, 0], INIT_CASH))
 
-    return Problem(strategy.search_space, strategy.constraints, base, folds, evaluate)
+    return Problem(strategy.search_space, strategy.constraints, base, folds, evaluate, holdout)
 
 
 INIT_CASH = 10_000.0
@@ -421,7 +452,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
     ap = argparse.ArgumentParser(prog="python -m research.tune", description=__doc__.splitlines()[0])
     d = TuneConfig()
     ap.add_argument("--study", default=None, help="study name (default tierlab-<mode>)")
-    ap.add_argument("--trials", type=int, default=d.trials)
+    ap.add_argument("--trials", type=int, default=d.trials,
+                    help="finished trials the study should hold (a re-run adds only the missing ones)")
     ap.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective)
     ap.add_argument("--min-trades", type=int, default=d.min_trades, help="fewer OOS trades in a fold prunes the trial")
     ap.add_argument("--storage", default=None, help="optuna storage URL (default SQLite under TIERLAB_HOME/studies)")
@@ -433,13 +465,16 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
     ap.add_argument("--train-days", type=int, default=d.train_days)
     ap.add_argument("--test-days", type=int, default=d.test_days)
     ap.add_argument("--purge-days", type=int, default=d.purge_days)
+    ap.add_argument("--holdout-days", type=int, default=d.holdout_days,
+                    help="last sessions kept from the optimizer and scored once for the best trial (0: none)")
     ap.add_argument("--fresh", action="store_true", help="delete an existing study of that name first")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     return TuneConfig(
         study=a.study or f"tierlab-{a.mode}", trials=a.trials, objective=a.objective, min_trades=a.min_trades,
         storage=a.storage, workers=a.workers, seed=a.seed, mode=a.mode, start=a.start, end=a.end,
-        train_days=a.train_days, test_days=a.test_days, purge_days=a.purge_days, fresh=a.fresh,
+        train_days=a.train_days, test_days=a.test_days, purge_days=a.purge_days, holdout_days=a.holdout_days,
+        fresh=a.fresh,
         progress=not a.no_progress,
     )
 

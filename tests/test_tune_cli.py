@@ -39,6 +39,7 @@ def test_cli_prints_best_trial_with_guards(cli_run: tuple[subprocess.CompletedPr
     assert "in-sample vs out-of-sample per fold" in out and "is_sharpe" in out and "oos_sharpe" in out
     assert "deflated Sharpe ratio:" in out
     assert "probability of backtest overfitting" in out
+    assert "holdout, 5 sessions never seen by the optimizer: sharpe" in out
     assert "100%" in proc.stderr  # the progress bar ran to the end
     assert (work / "home" / "studies" / "optuna.db").exists()  # default storage: SQLite under TIERLAB_HOME
 
@@ -67,9 +68,20 @@ def test_report_has_optuna_plots(cli_run: tuple[subprocess.CompletedProcess[str]
 
 
 def test_same_seed_same_storage_type_gives_the_same_best_params(tmp_path: Path) -> None:
-    best = []
+    best, trials = [], []
     for run in ("a", "b"):
-        cfg = TuneConfig(study=f"repro-{run}", trials=6, seed=11, progress=False,
-                         storage=f"sqlite:///{tmp_path / (run + '.db')}", startup_trials=4)
-        best.append(run_study(cfg, backtest_problem).best_params)
+        cfg = TuneConfig(study=f"repro-{run}", trials=8, seed=11, progress=False,
+                         storage=f"sqlite:///{tmp_path / (run + '.db')}", startup_trials=3)
+        study = run_study(cfg, backtest_problem)
+        best.append(study.best_params)
+        trials.append([t.params for t in study.trials])  # the TPE phase too, not only the random start
     assert best[0] == best[1]
+    assert trials[0] == trials[1]
+
+
+def test_the_holdout_is_never_shown_to_the_optimizer() -> None:
+    cfg = TuneConfig(holdout_days=5, train_days=10, test_days=5, purge_days=1)
+    problem = backtest_problem(cfg)
+    assert problem.holdout is not None and len(problem.holdout) == 5
+    seen = set().union(*(set(f.train) | set(f.test) for f in problem.folds))
+    assert max(seen) + cfg.purge_days < problem.holdout.start  # a purge gap, then the holdout

@@ -141,8 +141,10 @@ def test_storage_password_never_reaches_the_logs() -> None:
     assert _safe_url("postgresql+psycopg://postgres@127.0.0.1:5432/test").endswith("@127.0.0.1:5432/test")
 
 
-def test_rerunning_a_study_resumes_it_unless_fresh(tmp_path: Any) -> None:
+def test_rerunning_a_study_tops_it_up_to_trials_unless_fresh(tmp_path: Any) -> None:
     cfg = _cfg(tmp_path, "resume", trials=4)
-    run_study(cfg, toy_problem)
-    assert len(run_study(cfg, toy_problem).trials) == 8
+    first = run_study(cfg, toy_problem)
+    again = run_study(cfg, toy_problem)  # the same command twice: nothing to add, the same answer
+    assert len(again.trials) == 4 and again.best_params == first.best_params
+    assert len(run_study(dataclasses.replace(cfg, trials=7), toy_problem).trials) == 7
     assert len(run_study(dataclasses.replace(cfg, fresh=True), toy_problem).trials) == 4
