@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-MODE   ?= default
+MODE   ?=
 TRIALS ?= 30
 ARGS   ?=
 
@@ -28,10 +28,10 @@ sample: setup
 	$(PY) -m data sample $(ARGS)
 
 backtest: setup
-	$(PY) -m research.backtest --mode $(MODE) $(ARGS)
+	$(PY) -m research.backtest $(if $(MODE),--mode $(MODE)) $(ARGS)
 
 tune: setup
-	$(PY) -m research.tune --trials $(TRIALS) $(ARGS)
+	$(PY) -m research.tune --trials $(TRIALS) $(if $(MODE),--mode $(MODE)) $(ARGS)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

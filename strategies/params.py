@@ -198,7 +198,10 @@ class Params(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path, mode: str | None = None) -> Params:
-        """Load a TOML file: its `mode` (or `mode=`) picks the preset, its other keys override it."""
+        """Load a TOML file: its `mode` (or `mode=`) picks the preset, its other keys override it.
+
+        A `mode` argument that differs from the file's own `mode` is a contradiction, refused.
+        """
         path = Path(path)
         try:
             raw = tomllib.loads(path.read_text())
@@ -207,6 +210,9 @@ class Params(BaseModel):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         raw = raw.get("params", raw)
+        if mode and "mode" in raw and raw["mode"] != mode:
+            raise ConfigError(f"{path}: mode = {raw['mode']!r} in the file contradicts the requested mode {mode!r}; "
+                              "drop one of them")
         base = mode or raw.get("mode", "default")
         return cls.build({**cls.preset(base).model_dump(), **raw, "mode": base}, source=str(path))
 

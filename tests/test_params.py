@@ -28,6 +28,14 @@ def test_toml_round_trip_and_mode_key(tmp_path: Path) -> None:
     assert q.cutoff == 0.4 and q.cooldown_s == 120.0
 
 
+def test_a_mode_that_contradicts_the_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "best.toml"
+    Params.preset("relaxed").to_toml(f)
+    assert Params.from_toml(f).mode == "relaxed" and Params.from_toml(f, mode="relaxed").mode == "relaxed"
+    with pytest.raises(ConfigError, match=r"best\.toml: mode = 'relaxed' in the file contradicts the requested mode 'default'"):
+        Params.from_toml(f, mode="default")
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text("cooldown_s = 200\n")
     p = Params.load("default", tmp_path / "p.toml", env={"TIERLAB_COOLDOWN_S": "240", "TIERLAB_TOKENS_A": "5",
