@@ -123,9 +123,19 @@ def _table(rows: dict[str, Any] | pd.DataFrame, title: str) -> str:
 
 
 def vbt_stats(bt: Any) -> pd.DataFrame:
-    """vectorbt's portfolio stats of the replay (annualized on 252 sessions of 390 minutes)."""
-    stats = bt.portfolio.stats(column=bt.replay.sets[0], settings={"year_freq": pd.Timedelta(minutes=252 * 390)})
-    return pd.DataFrame({"vectorbt": stats.astype(str)})
+    """vectorbt's accounting of the replay (values, trades, fees, drawdown depth).
+
+    vectorbt annualizes by bar time, which on a regular-hours minute grid disagrees with calendar
+    time; the ratios (Sharpe, Sortino, Calmar, Omega) and durations are therefore left to the KPI
+    table above, which applies vectorbt's returns accessor to daily returns.
+    """
+    stats = bt.portfolio.stats(column=bt.replay.sets[0])
+    keep = [k for k in stats.index if not any(w in k for w in _BAR_TIME_STATS)]
+    shown = [v.tz_convert("America/New_York") if isinstance(v, pd.Timestamp) and v.tz else v for v in stats[keep]]
+    return pd.DataFrame({"vectorbt": [str(v) for v in shown]}, index=keep)
+
+
+_BAR_TIME_STATS = ("Period", "Duration", "Sharpe", "Sortino", "Calmar", "Omega")
 
 
 def write_report(bt: Any, path: str | Path, title: str = "tierlab backtest") -> Path:
