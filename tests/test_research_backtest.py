@@ -59,7 +59,8 @@ def test_fills_are_next_open_plus_slippage_with_fees(week: Panel) -> None:
     p = SignalParams(fast=5, slow=20, **COSTS)
     r = MACrossStrategy(p).run(week.select(["NVDA"]))
     o = r.orders
-    assert (o["bar"] > o["decision_bar"]).all()
+    assert not np.isnan(week.close[:, week.col("NVDA")]).any()  # no missing minute: the next bar is t + 1
+    assert len(o) > 4 and (o["bar"] == o["decision_bar"] + 1).all()
     open_ = week.open[o["bar"], week.col("NVDA")]
     expected = np.where(o["side"] == BUY, open_ * 1.0005, open_ * 0.9995)
     np.testing.assert_allclose(o["price"], expected, rtol=1e-12)
