@@ -82,6 +82,7 @@ def validate_bars(
     v = {c: df[c].to_numpy() for c in cols}
     for c in (*PRICE_COLUMNS, "volume"):
         chk.flag(np.isnan(v[c]), c, "is missing or not a number")
+        chk.flag(np.isinf(v[c]), c, "is infinite")
     for c in PRICE_COLUMNS:
         chk.flag(v[c] <= 0, c, "is not positive")
     chk.flag(v["high"] < v["low"], "high", "is below low")
@@ -90,8 +91,10 @@ def validate_bars(
     chk.flag(v["volume"] < 0, "volume", "is negative")
     if "vwap" in v:
         chk.flag(v["vwap"] <= 0, "vwap", "is not positive")
+        chk.flag(np.isinf(v["vwap"]), "vwap", "is infinite")
     if "trade_count" in v:
         chk.flag(v["trade_count"] < 0, "trade_count", "is negative")
+        chk.flag(np.isinf(v["trade_count"]), "trade_count", "is infinite")
     _check_times(chk)
     if not chk.drop.any() and df.index.is_monotonic_increasing:
         return df, chk.report
@@ -120,5 +123,9 @@ def _check_times(chk: _Checker) -> None:
         i = int(np.flatnonzero(back)[0])
         raise DataError(f"{chk.where}: {chk.at(i)}: field timestamp: out of order (earlier than {chk.row_word} "
                         f"{chk.rows[i - 1]}, {idx[i - 1]}); sort the bars or use --repair")
-    chk.flag(off_session(idx), "timestamp",
+    try:
+        outside = off_session(idx)
+    except DataError as exc:  # e.g. dates the exchange calendar does not cover
+        raise DataError(f"{chk.where}: field timestamp: {exc}") from None
+    chk.flag(outside, "timestamp",
              f"is not a regular-hours {EXCHANGE} minute (pre/post-market, holiday, half-day afternoon or not on the minute)")

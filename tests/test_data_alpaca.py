@@ -140,3 +140,13 @@ def test_rejected_keys_name_the_request_without_leaking_secrets(server, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and "AAPL (alpaca): request 2024-11-05..2024-11-05 failed" in err
     assert "wrong-secret-value" not in err and not (tmp_path / "bars").exists()
+
+
+def test_a_reversed_range_is_refused_before_any_request(server, keys, tmp_path, capsys):
+    url, fake = server
+    fake.requests.clear()
+    code = main(["fetch", "--symbols", "AAPL", "--start", "2024-11-05", "--end", "2024-11-01", "--root",
+                 str(tmp_path), "--url", url])
+    assert code == 2
+    assert "empty range: --start 2024-11-05 is after --end 2024-11-01" in capsys.readouterr().err
+    assert not fake.requests

@@ -62,6 +62,8 @@ CASES = [
     ("open-above-high", lambda b: _set(b, 1, 1, "150.00"), 3, ["field open", "outside [low, high]"]),
     ("close-below-low", lambda b: _set(b, 7, 4, "50.00"), 9, ["field close", "outside [low, high]"]),
     ("negative-volume", lambda b: _set(b, 8, 5, "-5"), 10, ["field volume", "negative"]),
+    ("infinite-high", lambda b: _set(b, 3, 2, "inf"), 5, ["field high", "infinite"]),
+    ("infinite-volume", lambda b: _set(b, 2, 5, "1e400"), 4, ["field volume", "infinite"]),
     ("duplicate", lambda b: _set(b, 5, 0, b[4][0]), 7, ["field timestamp", "duplicate of line 6"]),
     ("out-of-order", lambda b: [*b[:4], b[5], b[4], *b[6:]], 7, ["field timestamp", "out of order"]),
     ("pre-market", lambda b: _set(b, 0, 0, "2024-11-04 09:29:00"), 2, ["field timestamp", "regular-hours"]),
@@ -145,6 +147,19 @@ def test_descending_end_labelled_file_lands_on_bar_starts(tmp_path):
     assert main(["import", str(f), "--symbol", "MSFT", "--label", "start", "--root", str(root)]) == 2
 
 
+def test_offsets_that_change_across_dst_are_read_as_utc(tmp_path):
+    # An export spanning the Nov 3 2024 DST change: -04:00 before it, -05:00 after it.
+    body = [["2024-11-01T15:58:00-04:00", "100", "101", "99", "100.5", "1000"],
+            ["2024-11-01T15:59:00-04:00", "100.5", "101", "100", "100.8", "1000"],
+            ["2024-11-04T09:30:00-05:00", "101", "102", "100", "101.5", "2000"]]
+    root = tmp_path / "cat"
+    assert main(["import", str(write_csv(tmp_path / "dst.csv", body)), "--symbol", "AMD", "--root", str(root)]) == 0
+    p = Catalog(root).read_panel(["AMD"], "2024-11-01", "2024-11-04")
+    bars = p.bars("AMD")
+    assert list(bars.index) == [pd.Timestamp("2024-11-01 19:58", tz="UTC"), pd.Timestamp("2024-11-01 19:59", tz="UTC"),
+                                pd.Timestamp("2024-11-04 14:30", tz="UTC")]
+
+
 def test_import_appends_only_missing_days(seeded, tmp_path, capsys):
     twice = write_csv(tmp_path / "two.csv", rows("2024-11-01") + rows("2024-11-04"))
     assert main(["import", str(twice), "--symbol", "NVDA", "--tz", "America/New_York", "--root", str(seeded)]) == 0
@@ -159,3 +174,12 @@ def test_parquet_files_import_like_csv(tmp_path):
     assert main(["import", str(tmp_path / "b.parquet"), "--symbol", "AMD", "--root", str(tmp_path / "c")]) == 0
     got = Catalog(tmp_path / "c").read_panel(["AMD"], "2024-11-05", "2024-11-05").bars("AMD")
     assert list(got.index) == list(idx) and (got["vwap"] == 5.2).all()
+
+
+def test_dates_the_calendar_does_not_cover_name_the_file(seeded, tmp_path, capsys):
+    before = snapshot(seeded)
+    f = write_csv(tmp_path / "old.csv", [["1990-01-02 09:30:00", "1", "2", "0.5", "1.5", "20"]])
+    assert main(["import", str(f), "--symbol", "AMD", "--tz", "America/New_York", "--root", str(seeded)]) == 2
+    err = capsys.readouterr().err
+    assert "AMD" in err and "old.csv" in err and "field timestamp" in err and "outside the XNYS calendar" in err
+    assert snapshot(seeded) == before

@@ -74,6 +74,8 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
 
     catalog = catalog or Catalog()
     symbols = [check_symbol(s.upper()) for s in symbols]
+    if pd.Timestamp(start) > pd.Timestamp(end):
+        raise ConfigError(f"empty range: --start {pd.Timestamp(start).date()} is after --end {pd.Timestamp(end).date()}")
     try:
         data_feed = DataFeed(feed)
     except ValueError:

@@ -71,13 +71,16 @@ def _parse_times(col: pd.Series, path: Path, tz: str | None, lines: np.ndarray) 
         times = pd.DatetimeIndex(col)
     else:
         text = col.astype(str).str.strip()
-        parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=False) if len(text) else None
-        if parsed is None:
+        if not len(text):
             return pd.DatetimeIndex([], tz="UTC")
+        try:
+            parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=False)
+        except ValueError:  # offsets that differ across a DST change: read every row as UTC
+            parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
         if parsed.isna().any():
             i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
             raise DataError(f"{path}: line {lines[i]}: field datetime: cannot read {text.iloc[i]!r} as a time")
-        if parsed.dtype == object:  # mixed offsets: per-row objects, make them UTC
+        if parsed.dtype == object:  # mixed offsets as per-row objects: make them UTC
             parsed = pd.to_datetime(text, utc=True, format="mixed")
         times = pd.DatetimeIndex(parsed)
     if times.tz is None:
