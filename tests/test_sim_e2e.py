@@ -239,7 +239,7 @@ def test_bars_history_paginates_and_never_shows_the_future(env: dict) -> None:
     req = StockBarsRequest(symbol_or_symbols=list(SYMS), timeframe=TimeFrame.Minute)
     got = dc.get_stock_bars(req).data
     assert [len(got[s]) for s in SYMS] == [closed, closed]
-    raw = dc.get(  # one page by hand: limit 7 -> a next_page_token that the client follows
+    raw = dc.get(  # one page by hand: limit 7 -> a next_page_token (test_sim_http follows tokens to the end)
         "/stocks/bars", {"symbols": "AAA,BBB", "timeframe": "1Min", "limit": 7})
     assert raw["next_page_token"] and sum(len(v) for v in raw["bars"].values()) == 7
     assert got["AAA"][0].open == sim.engine.panel.open[0, 0]

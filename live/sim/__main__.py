@@ -9,10 +9,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from live.sim.engine import SimConfig
 from live.sim.server import SimServer
-from tierlab.errors import TierlabError
+from tierlab.errors import DataError, TierlabError
+
+if TYPE_CHECKING:
+    from data.bars import Panel
+    from data.catalog import Catalog
+
+
+def _require_bars(panel: Panel, cat: Catalog, a: argparse.Namespace) -> None:
+    """DataError (one line, with the way out) when the replay would have no symbol or no bar at all."""
+    import numpy as np
+
+    from data.sample import DEFAULT_END, DEFAULT_START
+
+    if panel.symbols and len(panel.index) and not np.isnan(panel.close).all():
+        return
+    span = a.replay if not a.end or a.end == a.replay else f"{a.replay}..{a.end}"
+    why = "" if len(panel.index) else " (no XNYS session in that range)"
+    fix = (f"the bundled sample covers {DEFAULT_START}..{DEFAULT_END}" if a.sample
+           else "run with --sample (or `python -m data sample`) to write the bundled sample first")
+    raise DataError(f"the catalog at {cat.root} has no bars for {span}{why}; {fix}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_sample(cat)
         syms = a.symbols.split(",") if a.symbols else None
         panel = cat.read_panel(syms, a.replay, a.end or a.replay)
+        _require_bars(panel, cat, a)
         cfg = SimConfig(slippage=a.slippage, fee_per_share=a.fee_per_share, fee_per_order=a.fee_per_order,
                         initial_cash=a.cash, max_volume_share=a.max_volume_share)
         server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed, api_key=a.key, secret_key=a.secret)

@@ -3,12 +3,15 @@
 Bound to loopback only. Auth by the APCA-API-KEY-ID / APCA-API-SECRET-KEY headers (401 when
 missing, 403 when wrong) and by each websocket's auth message; 200 requests/min per key (429
 with X-Ratelimit-* headers). Control endpoints under /sim/ (step, state) skip the rate limit.
+Every error is Alpaca's JSON {"code", "message"}: bad client input a 400/422 naming the parameter,
+a sim bug a short 500 (never an HTML page).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import json
 from collections import deque
@@ -37,8 +40,10 @@ BAR_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuse
 class Hub:
     """Shared app state: keys, rate limiter, websocket subscribers, injected faults."""
 
-    def __init__(self, engine: SimEngine, api_key: str, secret_key: str, limiter: RateLimiter) -> None:
+    def __init__(self, engine: SimEngine, api_key: str, secret_key: str, limiter: RateLimiter,
+                 bars_page_limit: int = 10_000) -> None:
         self.engine = engine
+        self.bars_page_limit = int(bars_page_limit)  # Alpaca's largest /v2/stocks/bars page
         self.api_key = api_key
         self.secret_key = secret_key
         self.limiter = limiter
@@ -88,6 +93,81 @@ async def _safe_send(ws: web.WebSocketResponse, frame: bytes, registry: Any) -> 
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=wire.dumps)
+
+
+_CODES = {400: wire.CODE_BAD_REQUEST, 401: wire.CODE_UNAUTHORIZED, 403: wire.CODE_FORBIDDEN,
+          404: wire.CODE_NOT_FOUND, 422: wire.CODE_UNPROCESSABLE, 429: wire.CODE_RATE_LIMIT}
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error answers Alpaca-style JSON: aiohttp's own 404/405/413 and any unexpected exception (500)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)  # a prepared websocket cannot turn into a JSON answer
+    try:
+        return await handler(request)
+    except SimReject as e:
+        return _json(e.body, e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _json(wire.error_body(_CODES.get(e.status, e.status * 100_000), e.reason.lower()), e.status)
+    except Exception as e:  # a sim bug, not the client's: say so briefly, log the rest
+        log.error("sim_internal_error", path=request.path, method=request.method, reason=type(e).__name__,
+                  exc_info=True)
+        return _json(wire.error_body(wire.CODE_INTERNAL, f"internal error ({type(e).__name__})"), 500)
+
+
+def _bad(name: str, value: Any, why: str = "") -> SimReject:
+    """A 400 naming the bad query parameter or body."""
+    return SimReject(400, wire.CODE_BAD_REQUEST, f"invalid {name}: {value!r}{' (' + why + ')' if why else ''}")
+
+
+def _q_int(q: Any, name: str, default: int) -> int:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise _bad(name, raw, "expected an integer") from None
+
+
+def _q_float(q: Any, name: str) -> float | None:
+    raw = q.get(name)
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise _bad(name, raw, "expected a number")
+    return v
+
+
+def _q_time(q: Any, name: str) -> pd.Timestamp | None:
+    raw = q.get(name)
+    if not raw:
+        return None
+    try:
+        t = pd.Timestamp(raw)
+    except (ValueError, TypeError, OverflowError):
+        t = pd.NaT
+    if pd.isna(t):
+        raise _bad(name, raw, "expected an RFC 3339 time or a date")
+    return t
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or Alpaca's 400 for a body that is not one."""
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid: expected a JSON object")
+    return body
 
 
 @web.middleware
@@ -160,10 +240,12 @@ async def calendar(request: web.Request) -> web.Response:
     """GET /v2/calendar?start=&end=: XNYS sessions with New York open/close times."""
     e = request.app[ENGINE]
     cal = xnys_calendar()
-    start = pd.Timestamp(request.query.get("start") or e.now.date())
-    end = pd.Timestamp(request.query.get("end") or start + pd.Timedelta(days=30))
+    start = _q_time(request.query, "start") or pd.Timestamp(e.now.date())
+    end = _q_time(request.query, "end") or start + pd.Timedelta(days=30)
+    start, end = (t.tz_convert(None) if t.tz is not None else t for t in (start, end))
+    start, end = max(start.normalize(), cal.first_session), min(end.normalize(), cal.last_session)
     out = []
-    for s in cal.sessions_in_range(start, end):
+    for s in cal.sessions_in_range(start, end) if start <= end else []:
         o = cal.session_open(s).tz_convert("America/New_York")
         c = cal.session_close(s).tz_convert("America/New_York")
         out.append({"date": s.strftime("%Y-%m-%d"), "open": o.strftime("%H:%M"), "close": c.strftime("%H:%M"),
@@ -227,9 +309,8 @@ async def position(request: web.Request) -> web.Response:
 async def close_position(request: web.Request) -> web.Response:
     """DELETE /v2/positions/{symbol}?qty=|percentage=: a market sell order."""
     q = request.query
-    o = request.app[ENGINE].close_position(
-        request.match_info["symbol"], float(q["qty"]) if "qty" in q else None,
-        float(q["percentage"]) if "percentage" in q else None)
+    o = request.app[ENGINE].close_position(request.match_info["symbol"], _q_float(q, "qty"),
+                                           _q_float(q, "percentage"))
     return _json(wire.order_json(o))
 
 
@@ -250,10 +331,7 @@ async def close_all_positions(request: web.Request) -> web.Response:
 
 async def submit_order(request: web.Request) -> web.Response:
     """POST /v2/orders."""
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid") from None
+    body = await _json_body(request)
     request[REQ_SYMBOL], request[REQ_CID] = body.get("symbol"), body.get("client_order_id")
     return _json(wire.order_json(request.app[ENGINE].submit(body)))
 
@@ -267,11 +345,12 @@ async def list_orders(request: web.Request) -> web.Response:
     e = request.app[ENGINE]
     q = request.query
     status = q.get("status", "open")
+    if status not in ("open", "closed", "all"):
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid status: {status!r} (open, closed or all)")
     nested = q.get("nested", "").lower() == "true"
-    limit = min(int(q.get("limit", 50)), 500)
+    limit = min(_q_int(q, "limit", 50), 500)
     syms = {s.strip().upper() for s in q["symbols"].split(",")} if q.get("symbols") else None
-    after = pd.Timestamp(q["after"]) if q.get("after") else None
-    until = pd.Timestamp(q["until"]) if q.get("until") else None
+    after, until = _q_time(q, "after"), _q_time(q, "until")
     rows = []
     for o in e.orders.values():
         if nested and o.parent is not None:
@@ -304,7 +383,7 @@ async def get_order_by_client_id(request: web.Request) -> web.Response:
 
 async def replace_order(request: web.Request) -> web.Response:
     """PATCH /v2/orders/{id}."""
-    body = await request.json()
+    body = await _json_body(request)
     return _json(wire.order_json(request.app[ENGINE].replace(request.match_info["order_id"], body)))
 
 
@@ -330,15 +409,16 @@ async def stock_bars(request: web.Request) -> web.Response:
     unknown = [s for s in syms if s not in e.panel.symbols]
     if not syms or unknown:
         raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid symbol(s): {','.join(unknown) or '(none)'}")
-    limit = max(1, min(int(q.get("limit") or 1000), 10_000))
+    hub: Hub = request.app[HUB]
+    limit = max(1, min(_q_int(q, "limit", 1000), hub.bars_page_limit))
     idx = e.panel.index[: e.k]
-    lo = 0 if not q.get("start") else int(idx.searchsorted(_utc(pd.Timestamp(q["start"])), "left"))
-    hi = len(idx) if not q.get("end") else int(idx.searchsorted(_utc(pd.Timestamp(q["end"])), "right"))
+    start, end = _q_time(q, "start"), _q_time(q, "end")
+    lo = 0 if start is None else int(idx.searchsorted(_utc(start), "left"))
+    hi = len(idx) if end is None else int(idx.searchsorted(_utc(end), "right"))
     items = [(s, i) for s in syms for i in range(lo, hi) if not pd.isna(e.panel.close[i, e.panel.symbols.index(s)])]
     start_at = 0
     if q.get("page_token"):
-        sym, i = base64.urlsafe_b64decode(q["page_token"].encode()).decode().split(":")
-        start_at = items.index((sym, int(i)))
+        start_at = _page_start(q["page_token"], items)
     page = items[start_at : start_at + limit]
     out: dict[str, list[dict[str, Any]]] = {}
     p = e.panel
@@ -351,6 +431,15 @@ async def stock_bars(request: web.Request) -> web.Response:
     nxt = items[start_at + limit] if start_at + limit < len(items) else None
     token = base64.urlsafe_b64encode(f"{nxt[0]}:{nxt[1]}".encode()).decode() if nxt else None
     return _json({"bars": out, "next_page_token": token})
+
+
+def _page_start(token: str, items: list[tuple[str, int]]) -> int:
+    """Where a next_page_token points in `items`; 400 naming page_token when it is not one of ours."""
+    try:
+        sym, i = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        return items.index((sym, int(i)))
+    except (binascii.Error, UnicodeError, ValueError):
+        raise _bad("page_token", token, "not a next_page_token of this query") from None
 
 
 # ------------------------------------------------------------------ websockets
@@ -366,6 +455,8 @@ async def trade_stream(request: web.Request) -> web.WebSocketResponse:
         try:
             m = json.loads(msg.data)
         except (ValueError, TypeError):
+            m = None
+        if not isinstance(m, dict) or not isinstance(m.get("data") or {}, dict):
             await ws.send_bytes(json.dumps({"stream": "error", "data": {"error_message": "invalid json"}}).encode())
             continue
         data = m.get("data") or {}
@@ -381,7 +472,7 @@ async def trade_stream(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_bytes(json.dumps({"stream": "authorization", "data": {
                     "action": "listen", "status": "unauthorized"}}).encode())
                 continue
-            streams = [s for s in data.get("streams", []) if s == "trade_updates"]
+            streams = [s for s in (data.get("streams") or []) if s == "trade_updates"]
             if streams:
                 hub.trade_listeners.add(ws)
             else:
@@ -405,6 +496,8 @@ async def data_stream(request: web.Request) -> web.WebSocketResponse:
         try:
             m = msgpack.unpackb(msg.data) if msg.type == WSMsgType.BINARY else json.loads(msg.data)
         except Exception:
+            m = None
+        if not isinstance(m, dict):
             await ws.send_bytes(wire.pack([{"T": "error", "code": 400, "msg": "invalid syntax"}]))
             continue
         action = m.get("action")
@@ -420,7 +513,8 @@ async def data_stream(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_bytes(wire.pack([{"T": "error", "code": 401, "msg": "not authenticated"}]))
                 continue
             for ch in BAR_CHANNELS:
-                syms = set(m.get(ch) or [])
+                got = m.get(ch) or []
+                syms = {x for x in got if isinstance(x, str)} if isinstance(got, list) else set()
                 subs[ch] = subs[ch] | syms if action == "subscribe" else subs[ch] - syms
             hub.bar_subs[ws] = subs["bars"]
             await ws.send_bytes(wire.pack([{"T": "subscription", **{c: sorted(v) for c, v in subs.items()}}]))
@@ -431,7 +525,7 @@ async def data_stream(request: web.Request) -> web.WebSocketResponse:
 # ------------------------------------------------------------------ control
 async def sim_step(request: web.Request) -> web.Response:
     """POST /sim/step?n=1: advance the replay clock (step mode)."""
-    n = int(request.query.get("n", 1))
+    n = _q_int(request.query, "n", 1)
     return _json({"steps": await request.app[HUB].step(n)})
 
 
@@ -444,7 +538,7 @@ async def sim_state(request: web.Request) -> web.Response:
 
 def build_app(hub: Hub) -> web.Application:
     """The aiohttp application serving one engine."""
-    app = web.Application(middlewares=[_auth_and_rate])
+    app = web.Application(middlewares=[_json_errors, _auth_and_rate])
     app[ENGINE] = hub.engine
     app[HUB] = hub
     r = app.router

@@ -10,7 +10,9 @@ its volume (whole shares) trade per symbol, shared by orders in submission order
 
 Sim choices (documented, not Alpaca's): orders are refused while the market is closed; no
 shorting (a sell needs shares held); no margin (buying power = cash minus open buys); fractional
-quantities are accepted for market orders only; `notional` orders are refused.
+quantities are accepted for market orders only; `notional` orders are refused. Buys reserve
+buying power at the last known price (latest close, else the symbol's first open); orders for a
+symbol with no price anywhere in the replay are refused (422 naming it).
 """
 
 from __future__ import annotations
@@ -174,6 +176,10 @@ class SimEngine:
             gap[:-1] = (idx[1:] - idx[:-1]) != MINUTE
         self._last_of_run = gap  # True where a contiguous run of minutes (a session) ends
         self.last_close = np.full(len(panel.symbols), np.nan)
+        opens = np.asarray(panel.open, dtype=float)
+        has_open = ~np.isnan(opens)
+        first = has_open.argmax(axis=0)
+        self._first_open = np.where(has_open.any(axis=0), opens[first, np.arange(opens.shape[1])], np.nan)
         self.lastday_close = np.full(len(panel.symbols), np.nan)
 
     # ---------------------------------------------------------------- clock
@@ -227,18 +233,23 @@ class SimEngine:
 
     # ---------------------------------------------------------------- prices and account
     def quote(self, symbol: str) -> float:
-        """The latest known price: the last close, else the open of the next bar that exists."""
+        """The last known price: the latest close at or before now, else the symbol's first open.
+
+        NaN only for a symbol with no price anywhere in the replay (`submit` refuses its orders).
+        """
         j = self._cols[symbol]
         if not np.isnan(self.last_close[j]):
             return float(self.last_close[j])
-        opens = self.panel.open[self.k:, j]
-        ok = np.flatnonzero(~np.isnan(opens))
-        return float(opens[ok[0]]) if len(ok) else float("nan")
+        return float(self._first_open[j])
 
     def _est_price(self, o: SimOrder) -> float:
+        """What a buy may cost per share (for buying power); never NaN for an accepted order."""
         if o.type in ("limit", "stop_limit"):
             return float(o.limit_price)
-        q = self.quote(o.symbol) * (1.0 + self.config.slippage)
+        q = self.quote(o.symbol)
+        if np.isnan(q):  # unreachable for accepted orders (submit refuses priceless symbols)
+            return float(o.stop_price) if o.type == "stop" else 0.0
+        q *= 1.0 + self.config.slippage
         return max(q, float(o.stop_price)) if o.type == "stop" else q
 
     def reserved_buy(self, exclude: SimOrder | None = None) -> float:
@@ -269,9 +280,10 @@ class SimEngine:
     # ---------------------------------------------------------------- submit
     def submit(self, body: dict[str, Any]) -> SimOrder:
         """Validate and accept a POST /v2/orders body; raise SimReject with Alpaca's answer."""
-        symbol = str(body.get("symbol") or "").upper()
-        cid = body.get("client_order_id") or str(uuid.uuid4())
-        order_class = body.get("order_class") or "simple"
+        body = _body(body)
+        symbol = _text(body, "symbol").upper()
+        cid = _text(body, "client_order_id") or str(uuid.uuid4())
+        order_class = _text(body, "order_class") or "simple"
         if order_class not in ("simple", "bracket", "oco", "oto"):
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid order_class {order_class!r}")
         if len(cid) > 128:
@@ -282,16 +294,20 @@ class SimEngine:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, "notional orders are not supported by the sim")
         if symbol not in self._cols:
             raise SimReject(422, wire.CODE_BAD_REQUEST, f'asset "{symbol}" not found')
+        if np.isnan(self.quote(symbol)):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                            f'asset "{symbol}" has no price in this replay (no bars); the sim cannot take orders for it',
+                            symbol=symbol)
         qty = _float(body.get("qty"), "qty")
         if qty is None or not qty > 0:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "qty must be > 0")
-        side = {"buy": BUY, "sell": SELL}.get(body.get("side"))
+        side = {"buy": BUY, "sell": SELL}.get(_text(body, "side"))
         if side is None:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid side {body.get('side')!r}")
-        typ = body.get("type") or body.get("order_type")
+        typ = _text(body, "type") or _text(body, "order_type")
         if typ not in ORDER_TYPES:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid order type {typ!r}")
-        tif = body.get("time_in_force")
+        tif = _text(body, "time_in_force")
         if tif not in TIFS:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid time_in_force {tif!r}")
         limit = _float(body.get("limit_price"), "limit_price")
@@ -351,7 +367,7 @@ class SimEngine:
         if o.side == BUY:
             cost = o.qty * self._est_price(o)
             bp = self.cash - self.reserved_buy(exclude=replacing)
-            if cost > bp:
+            if not cost <= bp:  # a NaN estimate refuses rather than slipping through
                 raise SimReject(403, wire.CODE_FORBIDDEN, "insufficient buying power",
                                 buying_power=wire.num(round(bp, 2)), cost_basis=wire.num(round(cost, 2)))
         else:
@@ -413,18 +429,26 @@ class SimEngine:
 
     def replace(self, order_id: str, body: dict[str, Any]) -> SimOrder:
         """PATCH an open limit/stop order: a new order replaces it (events replaced + new)."""
+        body = _body(body)
         o = self.get(order_id)
         if not o.active or o.type == "market" or o.filled_qty > 0:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"order is not replaceable (status {o.status}, type {o.type})")
         qty = _float(body.get("qty"), "qty") or o.qty
         if not qty > 0:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "qty must be > 0")
-        cid = body.get("client_order_id") or str(uuid.uuid4())
+        cid = _text(body, "client_order_id") or str(uuid.uuid4())
+        if len(cid) > 128:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be no more than 128 characters")
         if cid in self.by_client_id:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be unique")
+        tif = _text(body, "time_in_force") or o.tif
+        if tif not in TIFS:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid time_in_force {tif!r}")
         limit = _float(body.get("limit_price"), "limit_price") or o.limit_price
         stop = _float(body.get("stop_price"), "stop_price") or o.stop_price
-        new = self._new_order(cid, o.symbol, o.side, qty, o.type, body.get("time_in_force") or o.tif,
+        if (limit is not None and not limit > 0) or (stop is not None and not stop > 0):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, "limit_price and stop_price must be > 0")
+        new = self._new_order(cid, o.symbol, o.side, qty, o.type, tif,
                               o.order_class, limit, stop, parent=o.parent)
         new.replaces = o.id
         self._check_funds(new, replacing=o)
@@ -572,14 +596,44 @@ def _float(x: Any, name: str) -> float | None:
     if x is None or x == "":
         return None
     try:
-        return float(x)
+        v = float(x)
     except (TypeError, ValueError):
-        raise SimReject(422, wire.CODE_BAD_REQUEST, f"{name} must be a number, got {x!r}") from None
+        v = float("nan")
+    if isinstance(x, bool) or not math.isfinite(v):
+        raise SimReject(422, wire.CODE_BAD_REQUEST, f"{name} must be a number, got {x!r}")
+    return v
+
+
+def _body(body: Any) -> dict[str, Any]:
+    """An order body must be a JSON object."""
+    if not isinstance(body, dict):
+        raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid: expected a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    """A string field ('' when absent); 422 naming the field when it is not a string."""
+    x = body.get(name)
+    if x is None:
+        return ""
+    if not isinstance(x, str):
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{name} must be a string, got {x!r}")
+    return x
+
+
+def _obj(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """A nested object field ({} when absent); 422 naming the field when it is not an object."""
+    x = body.get(name)
+    if x is None:
+        return {}
+    if not isinstance(x, dict):
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{name} must be an object, got {x!r}")
+    return x
 
 
 def _exit_prices(body: dict[str, Any], need_both: bool = True) -> tuple[float | None, tuple[float | None, float | None]]:
-    tp = _float((body.get("take_profit") or {}).get("limit_price"), "take_profit.limit_price")
-    sl = body.get("stop_loss") or {}
+    tp = _float(_obj(body, "take_profit").get("limit_price"), "take_profit.limit_price")
+    sl = _obj(body, "stop_loss")
     stop = _float(sl.get("stop_price"), "stop_loss.stop_price")
     sl_limit = _float(sl.get("limit_price"), "stop_loss.limit_price")
     if need_both and (tp is None or stop is None):

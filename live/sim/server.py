@@ -50,12 +50,15 @@ def sim_keys(api_key: str | None = None, secret_key: str | None = None) -> tuple
 
 
 class SimServer:
-    """An Alpaca-compatible paper broker replaying `panel` on loopback."""
+    """An Alpaca-compatible paper broker replaying `panel` on loopback.
+
+    `bars_page_limit` caps one /v2/stocks/bars page (Alpaca: 10,000); a small cap makes clients page.
+    """
 
     def __init__(self, panel: Panel, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  speed: float = 0.0, api_key: str | None = None, secret_key: str | None = None,
                  rate_limit: int = 200, rate_window_s: float = 60.0,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, bars_page_limit: int = 10_000) -> None:
         self.host = loopback_host(host)
         self.port = port
         self.speed = float(speed)
@@ -64,7 +67,9 @@ class SimServer:
         self.api_key, self.secret_key = sim_keys(api_key, secret_key)
         limiter = RateLimiter(rate_limit, rate_window_s, clock) if clock else RateLimiter(rate_limit, rate_window_s)
         self.engine = SimEngine(panel, config)
-        self.hub = Hub(self.engine, self.api_key, self.secret_key, limiter)
+        if bars_page_limit < 1:
+            raise ConfigError(f"bars_page_limit must be >= 1, got {bars_page_limit!r}")
+        self.hub = Hub(self.engine, self.api_key, self.secret_key, limiter, bars_page_limit)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
