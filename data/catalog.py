@@ -56,9 +56,32 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
 
 
 def commit(temps: list[tuple[Path, Path]]) -> None:
-    """Rename prepared temp files into place (each rename is atomic)."""
-    for tmp, final in temps:
-        os.replace(tmp, final)
+    """Rename prepared temp files into place, all or none.
+
+    Each replaced file is first moved aside; if any rename fails, the files already renamed are
+    taken back out and the old ones restored, so a failed multi-month write leaves the catalog as it
+    was. (A process killed mid-commit can still leave a mix; the moved-aside `.bak` files say which.)
+    """
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, final in temps:
+            backup = final.with_name(f".{final.name}.{os.getpid()}.bak") if final.exists() else None
+            if backup is not None:
+                os.replace(final, backup)
+            done.append((final, backup))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, final)
+            else:
+                final.unlink(missing_ok=True)
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
 
 
 @dataclass

@@ -150,3 +150,18 @@ def test_a_reversed_range_is_refused_before_any_request(server, keys, tmp_path, 
     assert code == 2
     assert "empty range: --start 2024-11-05 is after --end 2024-11-01" in capsys.readouterr().err
     assert not fake.requests
+
+
+def test_an_unfinished_session_is_not_fetched(server, keys, tmp_path):
+    """Mid-session on Nov 5 only Nov 1 and 4 are written; the next day's fetch completes Nov 5."""
+    from data.importers.alpaca import fetch
+
+    url, _ = server
+    cat = Catalog(tmp_path)
+    during = pd.Timestamp("2024-11-05 10:00", tz="America/New_York")
+    fetch(["AAPL"], "2024-11-01", "2024-11-05", catalog=cat, url=url, progress=False, now=during)
+    assert [str(d) for d in cat.days("AAPL")] == ["2024-11-01", "2024-11-04"]
+    after = pd.Timestamp("2024-11-06 09:00", tz="America/New_York")
+    fetch(["AAPL"], "2024-11-01", "2024-11-05", catalog=cat, url=url, progress=False, now=after)
+    assert [str(d) for d in cat.days("AAPL")] == ["2024-11-01", "2024-11-04", "2024-11-05"]
+    assert len(Catalog(tmp_path).read_panel(["AAPL"], "2024-11-05", "2024-11-05").bars("AAPL")) == 390

@@ -67,3 +67,36 @@ def test_unknown_symbol_and_bad_symbol_are_named(tmp_path, panel):
 def test_default_root_is_under_tierlab_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERLAB_HOME", str(tmp_path / "home"))
     assert Catalog().root == tmp_path / "home" / "catalog"
+
+
+def test_a_write_that_fails_midway_leaves_the_catalog_as_it_was(tmp_path, monkeypatch):
+    """A write spanning two months, with one month already stored, dies on its second rename."""
+    import hashlib
+    import os
+
+    import data.catalog as catalog_module
+
+    two_months = generate_panel("2024-10-30", "2024-11-04", ("AAPL",))
+    cat = Catalog(tmp_path)
+    cat.write("AAPL", two_months.bars("AAPL").loc[:"2024-10-30 23:59"])  # October's file holds Oct 30
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:  # October moved aside and swapped in; November's rename fails
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(catalog_module.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        cat.write("AAPL", two_months.bars("AAPL"))
+    monkeypatch.setattr(catalog_module.os, "replace", real_replace)
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # no new month, October untouched, no temp or backup files left
+    assert calls["n"] == 4  # Oct aside, Oct in, Nov in (fails), Oct restored
+    assert [str(d) for d in Catalog(tmp_path).days("AAPL")] == ["2024-10-30"]
+    cat.write("AAPL", two_months.bars("AAPL"))  # the same write, once the disk is fine, goes through
+    assert [str(d) for d in Catalog(tmp_path).days("AAPL")] == ["2024-10-30", "2024-10-31", "2024-11-01", "2024-11-04"]

@@ -24,6 +24,16 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time of the call (test capture, notebooks, redirects)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str | None = None, stream: Any = None) -> None:
     """Configure structlog once for the process (level from `TIERLAB_LOG_LEVEL`, default INFO)."""
     global _configured
@@ -36,7 +46,7 @@ def configure(level: str | None = None, stream: Any = None) -> None:
             structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"], sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -66,8 +66,13 @@ def _frame(raw: list[dict], symbol: str) -> pd.DataFrame:
 
 
 def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, catalog: Catalog | None = None,
-          url: str | None = None, feed: str = "iex", progress: bool = True, client=None) -> list[WriteReport]:
-    """Download the missing sessions of `symbols` between `start` and `end` and write them to the catalog."""
+          url: str | None = None, feed: str = "iex", progress: bool = True, client=None,
+          now: pd.Timestamp | None = None) -> list[WriteReport]:
+    """Download the missing sessions of `symbols` between `start` and `end` and write them to the catalog.
+
+    A session that has not closed yet (at `now`, default the wall clock) is left out: the catalog
+    appends whole days, so a half-fetched day would otherwise never be completed.
+    """
     from alpaca.data.enums import DataFeed
     from alpaca.data.requests import StockBarsRequest
     from alpaca.data.timeframe import TimeFrame
@@ -80,6 +85,10 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
         data_feed = DataFeed(feed)
     except ValueError:
         raise ConfigError(f"feed: unknown Alpaca data feed {feed!r} (use iex or sip)") from None
+    end = _last_closed_session(start, end, now)
+    if end is None:
+        log.info("fetch_nothing_closed", rule="closed_sessions_only", reason="no session in the range has closed yet")
+        return [WriteReport(s) for s in symbols]
     plan = {s: missing_runs(catalog.days(s), start, end) for s in symbols}
     todo = sum(len(r) for r in plan.values())
     if todo == 0:
@@ -108,6 +117,18 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
                 df = df[~outside]
             reports.append(catalog.write(sym, df, source="alpaca"))
     return reports
+
+
+def _last_closed_session(start: dt.date | str, end: dt.date | str, now: pd.Timestamp | None) -> dt.date | None:
+    """The last session in [start, end] whose close is at or before `now` (None when there is none)."""
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now).tz_convert("UTC")
+    cal = calendar()
+    wanted = sessions(start, end)
+    closed = [d for d in wanted if cal.session_close(pd.Timestamp(d)) <= now]
+    if len(closed) < len(wanted):
+        log.info("fetch_clamped", rule="closed_sessions_only", reason="session not closed yet",
+                 skipped=", ".join(str(d) for d in wanted[len(closed):]))
+    return closed[-1] if closed else None
 
 
 def fetch_cli(symbols: list[str], start: str, end: str, url: str | None, feed: str, root: str | None) -> str:
