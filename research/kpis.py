@@ -21,6 +21,7 @@ import pandas as pd
 import vectorbt  # noqa: F401  (registers the .vbt accessor)
 from numba import njit, prange
 
+from data.calendar import ny_days
 from strategies import codes
 from strategies.base import RunResult
 
@@ -37,8 +38,8 @@ TRADE_COLUMNS = (
 
 
 def session_days(index: pd.DatetimeIndex) -> np.ndarray:
-    """Ordinal of the New York date of each bar (an RTH session never crosses NY midnight)."""
-    return index.tz_convert(NY).tz_localize(None).normalize().as_unit("s").asi8 // 86_400
+    """Days since the epoch of each bar's New York session date (data.calendar.ny_days as integers)."""
+    return ny_days(index).astype(np.int64)
 
 
 def epoch_seconds(index: pd.DatetimeIndex) -> np.ndarray:
