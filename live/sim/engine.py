@@ -138,8 +138,8 @@ class SimOrder:
         if self.hwm is None:
             return None
         if self.trail_price is not None:
-            return self.hwm - self.side * self.trail_price
-        return self.hwm * (1.0 - self.side * (self.trail_percent or 0.0) / 100.0)
+            return self.hwm + self.side * self.trail_price
+        return self.hwm * (1.0 + self.side * (self.trail_percent or 0.0) / 100.0)
 
     @property
     def submitted_at(self) -> pd.Timestamp:
