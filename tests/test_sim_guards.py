@@ -86,3 +86,26 @@ def test_the_rest_of_a_triggered_stop_fills_as_a_market_order() -> None:
     want = (10 * 98.0 + 10 * market_fill_price_nb(99.5, -1, slip) + 10 * market_fill_price_nb(99.8, -1, slip)) / 30
     assert stop.filled_avg_price == pytest.approx(want, rel=1e-12)
     assert "AAA" not in e.holdings
+
+
+def test_exit_legs_can_be_replaced_but_not_enlarged() -> None:
+    """A bracket's held stop-loss and an OCO's stop leg move their stop (Alpaca allows it) without overselling."""
+    e = SimEngine(_panel([100.0] * 4, [99.5] * 4, [1e6] * 4), SimConfig(slippage=0.0))
+    br = _order(e, order_class="bracket", take_profit={"limit_price": 110.0}, stop_loss={"stop_price": 90.0})
+    e.step()
+    tp, sl = br.legs
+    assert (tp.status, sl.status) == ("new", "held")
+    moved = e.replace(sl.id, {"stop_price": 95.0})
+    assert (moved.status, moved.stop_price, moved.armed, sl.status) == ("held", 95.0, True, "replaced")
+    assert tp.siblings == [moved] and moved.siblings == [tp]
+    with pytest.raises(SimReject) as ei:
+        e.replace(moved.id, {"qty": 11})
+    assert ei.value.status == 403 and "insufficient qty" in ei.value.body["message"]
+    e.cancel(tp.id)  # the take-profit with its OCO partner, the moved stop
+    assert moved.status == "canceled"
+    oco = _order(e, side="sell", type="limit", order_class="oco", time_in_force="gtc", take_profit={"limit_price": 120.0},
+                 stop_loss={"stop_price": 80.0})
+    stop_leg = oco.legs[0]
+    assert e.replace(stop_leg.id, {"stop_price": 85.0}).stop_price == 85.0
+    e.step()  # neither level is reached: the pair keeps resting
+    assert oco.status == "new" and e.holdings["AAA"].qty == 10

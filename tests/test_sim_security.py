@@ -160,3 +160,15 @@ def test_fuzzed_query_strings_never_get_a_500(sim: SimServer, route: tuple[str, 
 def test_the_fuzz_threw_at_least_300_inputs() -> None:
     """Runs after the two property tests (file order): they sent >= 300 requests, none answered 5xx."""
     assert len(SEEN) >= 300 and max(SEEN) < 500, (len(SEEN), max(SEEN, default=None))
+
+
+def test_keys_are_never_taken_from_the_command_line() -> None:
+    """A key on a command line shows in `ps`: the CLI has no --key/--secret (SIM_API_KEY / SIM_SECRET_KEY only)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "live.sim", "--replay", "2024-11-01", "--key", "k", "--secret", "s"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unrecognized arguments: --key k --secret s" in r.stderr
+    assert "--key" not in subprocess.run([sys.executable, "-m", "live.sim", "--help"], capture_output=True, text=True,
+                                         timeout=60).stdout

@@ -634,6 +634,12 @@ class SimEngine:
     def _check_position_side(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
         """A sell beyond the shares held long is refused; a sell when flat or short opens a short (margin only)."""
         held = self.holdings.get(o.symbol, Holding()).qty
+        if replacing is not None and (replacing.parent is not None or replacing.siblings):
+            if o.qty > replacing.remaining + 1e-9:  # an OCO/bracket member's shares are promised once, by its group
+                raise SimReject(403, wire.CODE_FORBIDDEN,
+                                f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
+                                f"available: {wire.num(replacing.remaining)})", symbol=o.symbol)
+            return
         if o.side == SELL:
             if o.parent is not None and o.parent.side == BUY and o.parent.order_class != "oco":
                 return  # an exit leg sells what its entry will buy
