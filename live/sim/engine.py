@@ -1013,7 +1013,7 @@ def _float(x: Any, name: str) -> float | None:
         return None
     try:
         v = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         v = float("nan")
     if isinstance(x, bool) or not math.isfinite(v):
         raise SimReject(422, wire.CODE_BAD_REQUEST, f"{name} must be a number, got {x!r}")
