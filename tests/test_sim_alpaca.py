@@ -465,3 +465,16 @@ def test_quantities_and_prices_are_alpaca_decimals() -> None:
         assert all(len(str(v).partition(".")[2]) <= 9 for v in acct.values() if isinstance(v, str))
     finally:
         stop()
+
+
+def test_parity_replays_may_send_exact_prices_when_asked() -> None:
+    """SimConfig(enforce_ticks=False) / `--exact-prices` accepts the kernel's exact levels; the default refuses them."""
+    from live.sim import SimEngine, SimReject
+
+    body = {"symbol": "AAA", "qty": 1, "side": "buy", "type": "market", "time_in_force": "day",
+            "order_class": "bracket", "take_profit": {"limit_price": 104.0371}, "stop_loss": {"stop_price": 97.1234}}
+    with pytest.raises(SimReject) as ei:
+        SimEngine(_panel()).submit(body)
+    assert ei.value.status == 422 and "sub-penny" in ei.value.body["message"]
+    o = SimEngine(_panel(), SimConfig(enforce_ticks=False)).submit(body)
+    assert [leg.limit_price or leg.stop_price for leg in o.legs] == [104.0371, 97.1234]

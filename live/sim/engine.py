@@ -71,7 +71,11 @@ class SimReject(Exception):
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Sim parameters: costs as in the backtest, the starting cash and the volume cap."""
+    """Sim parameters: costs as in the backtest, the starting cash, the volume cap, the account type.
+
+    `enforce_ticks=False` lets a parity replay send the kernel's exact stop/take-profit levels;
+    Alpaca itself refuses sub-penny prices, so leave it on for anything meant to run there.
+    """
 
     slippage: float = 0.0005
     fee_per_share: float = 0.0
@@ -79,6 +83,7 @@ class SimConfig:
     initial_cash: float = 100_000.0
     max_volume_share: float = 0.1
     account: str = "margin"
+    enforce_ticks: bool = True  # False: accept prices off Alpaca's tick (parity replays with the kernel's exact levels)
 
     def __post_init__(self) -> None:
         checks = {
@@ -491,7 +496,7 @@ class SimEngine:
                 raise SimReject(422, wire.CODE_BAD_REQUEST, "notional must be >= 1")
             if typ != "market" or tif != "day" or order_class != "simple":
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, "notional orders must be simple market day orders")
-            _check_tick(notional, "notional", cents_only=True)
+            self._check_tick(notional, "notional", cents_only=True)
         elif qty is None:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "qty or notional is required")
         elif not qty > 0:
@@ -520,7 +525,7 @@ class SimEngine:
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, "trail_price must be > 0; trail_percent in (0, 100)")
         for name, v in (("limit_price", limit), ("stop_price", stop), ("trail_price", trail_price)):
             if v is not None:
-                _check_tick(v, name)
+                self._check_tick(v, name)
         fractional = notional is not None or (qty is not None and qty != math.floor(qty))
         if fractional:
             if not self.flags(symbol).fractionable:
@@ -544,7 +549,7 @@ class SimEngine:
             for name, v in (("take_profit.limit_price", tp), ("stop_loss.stop_price", sl[0]),
                             ("stop_loss.limit_price", sl[1])):
                 if v is not None:
-                    _check_tick(v, name)
+                    self._check_tick(v, name)
             o.type, o.limit_price, o.stop_price = "limit", tp, None
             o.legs = [self._new_order(str(uuid.uuid4()), symbol, side, qty, "stop" if sl[1] is None else "stop_limit",
                                       tif, order_class, sl[1], sl[0], parent=o)]
@@ -554,7 +559,7 @@ class SimEngine:
             for name, v in (("take_profit.limit_price", tp), ("stop_loss.stop_price", sl[0]),
                             ("stop_loss.limit_price", sl[1])):
                 if v is not None:
-                    _check_tick(v, name)
+                    self._check_tick(v, name)
             if typ not in ("market", "limit"):
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{order_class} orders must be market or limit orders")
             if tif not in ("day", "gtc"):
@@ -577,6 +582,11 @@ class SimEngine:
             self.by_client_id[x.client_order_id] = x
         self._release_or_queue(o)
         return o
+
+    def _check_tick(self, v: float, name: str, cents_only: bool = False) -> None:
+        """Alpaca's tick rule, unless this sim was started for exact-price parity replays."""
+        if self.config.enforce_ticks:
+            _check_tick(v, name, cents_only)
 
     def _est_price_for(self, symbol: str, side: int) -> float:
         """The price a notional order is sized at before it fills (last price, plus slippage for a buy)."""
@@ -771,7 +781,7 @@ class SimEngine:
             if v is not None and not v > 0:
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{name} must be > 0")
             if v is not None and name != "trail":
-                _check_tick(v, name)
+                self._check_tick(v, name)
         limit = o.limit_price if limit is None else limit
         stop = o.stop_price if stop is None else stop
         new = self._new_order(cid, o.symbol, o.side, qty, o.type, tif, o.order_class, limit, stop, parent=o.parent)
