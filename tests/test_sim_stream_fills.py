@@ -96,6 +96,7 @@ def test_sell_stop_below_the_market_fills_on_the_bar_that_trades_through_it(env:
     while sim.engine.k < DROP:  # bars above the stop: it rests, nothing fills
         sim.step()
     assert tc.get_order_by_id(stop.id).status.value == "new"
+    updates.wait_for(stop.id, lambda u: u.event == TradeEvent.NEW)  # the stream may trail the REST answer
     assert [u.event for u in updates.of(stop.id)] == [TradeEvent.PENDING_NEW, TradeEvent.NEW]
 
     sim.step()  # bar DROP: open 99 > 98 > low 97.1
