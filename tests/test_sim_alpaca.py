@@ -151,7 +151,8 @@ def test_a_margin_account_by_default_sells_short_and_reports_alpacas_buying_powe
     # more than the short cannot be bought in one order; covering it closes the position
     e = _rejected(tc, _mkt("AAA", 11, OrderSide.BUY))
     assert (e.status_code, e.code) == (403, 40310000) and "insufficient qty" in e.message
-    cover = tc.submit_order(_mkt("AAA", 10, OrderSide.BUY))
+    cover = tc.close_position("AAA")  # DELETE /v2/positions/AAA on a short: a market buy to cover
+    assert (cover.side.value, float(cover.qty)) == ("buy", 10)
     sim.step()
     assert updates.wait(cover.id, "fill")[0].position_qty == 0
     assert tc.get_all_positions() == []
