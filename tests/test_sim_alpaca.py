@@ -469,7 +469,7 @@ def test_quantities_and_prices_are_alpaca_decimals() -> None:
 
 
 def test_parity_replays_may_send_exact_prices_when_asked() -> None:
-    """SimConfig(enforce_ticks=False) / `--exact-prices` accepts the kernel's exact levels; the default refuses them."""
+    """SimConfig(exact_prices=True) / `--exact-prices` accepts the kernel's exact levels and reports exact fills."""
     from live.sim import SimEngine, SimReject
 
     body = {"symbol": "AAA", "qty": 1, "side": "buy", "type": "market", "time_in_force": "day",
@@ -477,5 +477,12 @@ def test_parity_replays_may_send_exact_prices_when_asked() -> None:
     with pytest.raises(SimReject) as ei:
         SimEngine(_panel()).submit(body)
     assert ei.value.status == 422 and "sub-penny" in ei.value.body["message"]
-    o = SimEngine(_panel(), SimConfig(enforce_ticks=False)).submit(body)
+    o = SimEngine(_panel(), SimConfig(exact_prices=True)).submit(body)
     assert [leg.limit_price or leg.stop_price for leg in o.legs] == [104.0371, 97.1234]
+    with SimServer(_panel(), SimConfig(slippage=0.0007, exact_prices=True), rate_limit=1_000_000) as sim:
+        tc = TradingClient(sim.api_key, sim.secret_key, url_override=sim.url)
+        o = tc.submit_order(_mkt("AAA", 3, OrderSide.BUY))
+        sim.step()
+        want = market_fill_price_nb(sim.engine.panel.open[0, 0], 1, 0.0007)
+        assert want != round(want, 9)  # a price Alpaca's 9-decimal format would move
+        assert float(tc.get_order_by_id(o.id).filled_avg_price) == want

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cash", type=float, default=SimConfig.initial_cash)
     ap.add_argument("--max-volume-share", type=float, default=SimConfig.max_volume_share)
     ap.add_argument("--exact-prices", action="store_true",
-                    help="accept prices off Alpaca's tick (parity replays); Alpaca refuses them")
+                    help="parity replays: accept prices off Alpaca's tick and report exact float prices")
     ap.add_argument("--account", choices=("margin", "cash"), default=SimConfig.account,
                     help="margin (Alpaca paper's default: 2x/4x, shorting) or cash (1x, no shorting)")
     ap.add_argument("--sample", action="store_true", help="write the bundled synthetic sample if missing")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         _require_bars(panel, cat, a)
         cfg = SimConfig(slippage=a.slippage, fee_per_share=a.fee_per_share, fee_per_order=a.fee_per_order,
                         initial_cash=a.cash, max_volume_share=a.max_volume_share, account=a.account,
-                        enforce_ticks=not a.exact_prices)
+                        exact_prices=a.exact_prices)
         server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed)
         asyncio.run(server.serve())
     except TierlabError as e:

@@ -73,8 +73,9 @@ class SimReject(Exception):
 class SimConfig:
     """Sim parameters: costs as in the backtest, the starting cash, the volume cap, the account type.
 
-    `enforce_ticks=False` lets a parity replay send the kernel's exact stop/take-profit levels;
-    Alpaca itself refuses sub-penny prices, so leave it on for anything meant to run there.
+    `exact_prices=True` is for parity replays: it accepts the kernel's exact stop/take-profit levels
+    (Alpaca refuses sub-penny prices) and reports order and fill prices as exact float round-trips
+    instead of Alpaca's decimals (at most 9 places). Leave it off for anything meant to run on Alpaca.
     """
 
     slippage: float = 0.0005
@@ -83,7 +84,7 @@ class SimConfig:
     initial_cash: float = 100_000.0
     max_volume_share: float = 0.1
     account: str = "margin"
-    enforce_ticks: bool = True  # False: accept prices off Alpaca's tick (parity replays with the kernel's exact levels)
+    exact_prices: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -136,6 +137,7 @@ class SimOrder:
     hwm: float | None = None
     extended_hours: bool = False
     armed: bool = False  # a held stop-loss leg that works behind its take-profit (Alpaca shows it "held")
+    exact: bool = False  # report prices as exact float round-trips (SimConfig.exact_prices, parity replays)
 
     @property
     def trail_stop(self) -> float | None:
@@ -585,7 +587,7 @@ class SimEngine:
 
     def _check_tick(self, v: float, name: str, cents_only: bool = False) -> None:
         """Alpaca's tick rule, unless this sim was started for exact-price parity replays."""
-        if self.config.enforce_ticks:
+        if not self.config.exact_prices:
             _check_tick(v, name, cents_only)
 
     def _est_price_for(self, symbol: str, side: int) -> float:
@@ -639,6 +641,7 @@ class SimEngine:
             id=str(uuid.uuid4()), client_order_id=cid, symbol=symbol, side=side, qty=qty, type=typ, tif=tif,
             order_class=order_class, created_at=self.now, updated_at=self.now, eligible_bar=self.k,
             limit_price=limit, stop_price=stop, parent=parent, status="held" if held else "new",
+            exact=self.config.exact_prices,
         )
 
     def _check_position_side(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
@@ -966,7 +969,7 @@ class SimEngine:
             o = order
             self.activities.append({
                 "id": aid, "account_id": wire.ACCOUNT_ID, "activity_type": "FILL", "transaction_time": wire.ts(o.filled_at),
-                "type": "fill" if done else "partial_fill", "price": wire.num(price), "qty": wire.num(qty),
+                "type": "fill" if done else "partial_fill", "price": wire.num(price, exact=o.exact), "qty": wire.num(qty),
                 "side": "buy" if o.side == BUY else ("sell_short" if short else "sell"), "symbol": o.symbol,
                 "leaves_qty": wire.num(max(o.remaining, 0.0)), "order_id": o.id, "cum_qty": wire.num(o.filled_qty),
                 "order_status": o.status, "_t": o.filled_at})
@@ -989,7 +992,7 @@ class SimEngine:
         h = self.holdings.get(o.symbol)
         data: dict[str, Any] = {"event": event, "timestamp": wire.ts(self.now), "order": wire.order_json(o)}
         if price is not None:
-            data.update(execution_id=str(uuid.uuid4()), price=wire.num(price), qty=wire.num(qty),
+            data.update(execution_id=str(uuid.uuid4()), price=wire.num(price, exact=o.exact), qty=wire.num(qty),
                         position_qty=wire.num(h.qty if h else 0.0))
         self.outbox.append(data)
         log.info("order_event", ticker=o.symbol, client_order_id=o.client_order_id, status=o.status,

@@ -41,10 +41,11 @@ def ts(t: pd.Timestamp | None) -> str | None:
     return pd.Timestamp(t).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def num(x: float | None) -> str | None:
+def num(x: float | None, exact: bool = False) -> str | None:
     """A money/quantity field as Alpaca sends it: a decimal string with at most 9 decimals, no float noise.
 
     0.1 + 0.2 -> "0.3", 10.0 -> "10", 1e-12 -> "0"; None, NaN and infinities -> None (never a crash).
+    `exact` (parity replays only) gives the float's shortest round-trip text instead.
     """
     if x is None:
         return None
@@ -54,6 +55,8 @@ def num(x: float | None) -> str | None:
         return None
     if not math.isfinite(v):
         return None
+    if exact:
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
     text = f"{v:.9f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
@@ -84,14 +87,14 @@ def order_json(o: SimOrder, nested: bool = True) -> dict[str, Any]:
         "notional": num(o.notional),
         "qty": None if (o.notional is not None and o.filled_qty == 0) else num(o.qty),
         "filled_qty": num(o.filled_qty),
-        "filled_avg_price": num(o.filled_avg_price) if o.filled_qty > 0 else None,
+        "filled_avg_price": num(o.filled_avg_price, o.exact) if o.filled_qty > 0 else None,
         "order_class": o.order_class,
         "order_type": o.type,
         "type": o.type,
         "side": "buy" if o.side > 0 else "sell",
         "time_in_force": o.tif,
-        "limit_price": num(o.limit_price),
-        "stop_price": num(o.trail_stop if o.type == "trailing_stop" else o.stop_price),
+        "limit_price": num(o.limit_price, o.exact),
+        "stop_price": num(o.trail_stop if o.type == "trailing_stop" else o.stop_price, o.exact),
         "status": o.status,
         "extended_hours": o.extended_hours,
         "legs": [order_json(leg) for leg in o.legs] if (nested and o.legs) else None,
