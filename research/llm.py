@@ -1,0 +1,153 @@
+"""The LLM gate in research: replay a recorded-answers file (deterministic, free) or record one.
+
+`python -m research.llm record --start 2024-11-04 --end 2024-11-08 [--mode relaxed] [--out FILE]`
+asks the endpoint (TIERLAB_LLM_MODEL, OPENAI_BASE_URL, OPENAI_API_KEY) once for every request a
+backtest of that range would make, within the daily cap, cache and budget, and appends each
+answer to FILE. A backtest with `--llm recorded:FILE` then replays it with `apply_recorded`.
+
+LLM look-ahead: answers recorded after the fact come from a model that may know what happened
+next; only answers recorded live (live.llm writes the same format) carry none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from strategies.llm_gate import (
+    AnswerBook,
+    GateResult,
+    LlmGate,
+    LlmGateConfig,
+    gate_requests,
+    run_gate,
+)
+from tierlab.errors import ConfigError, TierlabError
+
+LOOKAHEAD_WARNING = ("LLM look-ahead: answers recorded after the fact can carry knowledge the model did not have "
+                     "at the time; answers recorded live carry none.")
+
+
+def parse_policy(policy: str | None) -> tuple[str, str | None]:
+    """`off` (default) or `recorded:FILE` -> (kind, file); ConfigError names --llm otherwise."""
+    policy = (policy or "off").strip()
+    if policy == "off":
+        return "off", None
+    if policy.startswith("recorded:") and policy[len("recorded:"):].strip():
+        path = policy[len("recorded:"):].strip()
+        if not Path(path).exists():
+            raise ConfigError(f"--llm {policy}: no such file {path}")
+        return "recorded", path
+    raise ConfigError(f"--llm: expected off or recorded:FILE, got {policy!r}")
+
+
+def apply_recorded(inputs: Any, events: pd.DataFrame | None, path: str, params: Any = None,
+                   cfg: LlmGateConfig | None = None, model: str | None = None,
+                   min_score: Any = None, log: Any = None) -> GateResult:
+    """Run the gate over prepared BarInputs answering from the recorded file at `path`.
+
+    `model` defaults to the file's only model; `min_score` may be a (T,) array (the kernel's
+    effective llm_min_score per bar, for the SPEC §8 rollback), else the params'/config's value.
+    """
+    cfg = cfg or (LlmGateConfig.for_params(params) if params is not None else LlmGateConfig())
+    book = AnswerBook.load(path)
+    if model is None:
+        models = book.models()
+        if len(models) > 1:
+            raise ConfigError(f"{path}: answers from several models ({', '.join(sorted(models))}); pass model=")
+        model = models.pop() if models else "none"
+    gate = LlmGate(cfg, model, log=log)
+    reqs = gate_requests(inputs.scores, inputs.events, inputs.close_epoch, inputs.day, inputs.symbols,
+                         inputs.index, events)
+    return run_gate(inputs.scores, reqs, gate, book.ask(model, gate.prompt.version), min_score)
+
+
+def llm_inputs(inputs: Any, events: pd.DataFrame | None, params: Any, policy: str | None,
+               min_score: Any = None) -> tuple[Any, GateResult | None, str]:
+    """BarInputs with the policy's adjusted scores, the gate result (None when off) and the policy text.
+
+    This is the one call research.backtest/tune make before the kernel for `--llm off|recorded:FILE`.
+    """
+    kind, path = parse_policy(policy)
+    if kind == "off":
+        return inputs, None, "off"
+    res = apply_recorded(inputs, events, str(path), params, min_score=min_score)
+    return dataclasses.replace(inputs, scores=res.scores), res, f"recorded:{path}"
+
+
+def record(start: str, end: str, out: str, mode: str = "default", root: str | None = None,
+           cfg: LlmGateConfig | None = None, reviewer: Any = None) -> tuple[GateResult, str]:
+    """Ask the endpoint for every request a backtest of [start, end] makes; append answers to `out`.
+
+    Answers already in `out` for the same request and bar are reused, not asked again (resumable).
+    """
+    from data.catalog import Catalog
+    from live.llm import Reviewer, recording
+    from strategies.params import Params
+    from strategies.tiered_basket import TieredBasketStrategy
+    from tierlab.log import get_logger
+
+    log = get_logger("research.llm")
+    params = Params.preset(mode)
+    cfg = cfg or LlmGateConfig.for_params(params)
+    catalog = Catalog(root)
+    panel = catalog.read_panel(list(params.universe), pd.Timestamp(start).date(), pd.Timestamp(end).date())
+    if len(panel.index) == 0:
+        raise ConfigError(f"--start/--end: no trading sessions between {start} and {end} in {catalog.root}")
+    events = catalog.read_events(pd.Timestamp(start).date(), pd.Timestamp(end).date())
+    strategy = TieredBasketStrategy(params)
+    inputs = strategy.prepare(panel, events, params)
+    reviewer = reviewer or Reviewer(cfg, log=log.info)
+    book = AnswerBook.load(out) if Path(out).exists() else AnswerBook({}, out)
+    live_ask = recording(reviewer.ask, out, cfg.strength_step, source="record")
+
+    def ask(req: Any, key: str) -> Any:
+        hit = book.exact(key, req.at)
+        return hit if hit is not None else live_ask(req, key)
+
+    gate = LlmGate(cfg, reviewer.model, log=log.info)
+    reqs = gate_requests(inputs.scores, inputs.events, inputs.close_epoch, inputs.day, inputs.symbols,
+                         inputs.index, events)
+    res = run_gate(inputs.scores, reqs, gate, ask)
+    c = res.counters
+    text = (f"{out}: {len(reqs)} event bars, {int(c['llm_calls'])} calls, {int(c['llm_cached'])} cache hits, "
+            f"{int(c['llm_below_score'])} below score, {int(c['llm_daily_cap'])} over the daily cap, "
+            f"{int(c['llm_budget'])} over budget, {int(c['llm_error'])} errors; "
+            f"{int(c['llm_tokens_in'])}+{int(c['llm_tokens_out'])} tokens, {c['llm_cost']:.4f} {cfg.currency}\n"
+            f"note: {LOOKAHEAD_WARNING}")
+    return res, text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m research.llm record ...`: one line per problem, exit 2 on a user error."""
+    p = argparse.ArgumentParser(prog="python -m research.llm", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record", help="ask the endpoint for every request a backtest would make")
+    r.add_argument("--start", required=True)
+    r.add_argument("--end", required=True)
+    r.add_argument("--mode", choices=("default", "relaxed"), default="default")
+    r.add_argument("--out", default=None, help="answers file (default: $TIERLAB_HOME/llm/answers.jsonl)")
+    r.add_argument("--root", help="catalog directory")
+    r.add_argument("--debug", action="store_true")
+    a = p.parse_args(argv)
+    from tierlab.paths import tierlab_home
+
+    out = a.out or str(tierlab_home() / "llm" / "answers.jsonl")
+    try:
+        print(record(a.start, a.end, out, a.mode, a.root)[1])
+    except TierlabError as exc:
+        if a.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
