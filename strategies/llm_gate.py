@@ -183,7 +183,7 @@ def parse_review(text: str | None) -> tuple[ReviewSchema | None, str | None]:
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = ".".join(str(x) for x in e["loc"]) or "answer"
-        return None, f"schema: {loc}: {e['msg']}"
+        return None, f"schema: {loc}: {e['msg'].replace(chr(39), '')}"
 
 
 @dataclass(frozen=True)

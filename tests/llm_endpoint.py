@@ -1,8 +1,8 @@
 """A loopback OpenAI-compatible endpoint for the LLM tests (aiohttp, POST /v1/chat/completions).
 
 It answers like a chat-completions server: a JSON review for the `response_format` it was sent,
-with usage. `script` queues faults for the next requests: "timeout", "500", "429", "not_json",
-"schema", or "ok". Every request body is kept in `seen`.
+with usage. `script` queues faults for the next requests: "timeout", "400", "500", "429",
+"not_json", "schema", or "ok". Every request body is kept in `seen`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class LoopbackLLM:
             await asyncio.sleep(self.slow_s)
         if fault == "500":
             return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+        if fault == "400":
+            return web.json_response({"error": {"message": "unknown model", "type": "invalid_request"}}, status=400)
         if fault == "429":
             return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=429)
         content = json.dumps(self.review(body))
