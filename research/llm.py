@@ -85,7 +85,8 @@ def record(start: str, end: str, out: str, mode: str = "default", root: str | No
            cfg: LlmGateConfig | None = None, reviewer: Any = None) -> tuple[GateResult, str]:
     """Ask the endpoint for every request a backtest of [start, end] makes; append answers to `out`.
 
-    Answers already in `out` for the same request and bar are reused, not asked again (resumable).
+    Answers already in `out` for the same request and bar are reused, not asked again (resumable);
+    recorded errors are asked again, and the later line wins on replay.
     """
     from data.catalog import Catalog
     from live.llm import Reviewer, recording
@@ -109,7 +110,7 @@ def record(start: str, end: str, out: str, mode: str = "default", root: str | No
 
     def ask(req: Any, key: str) -> Any:
         hit = book.exact(key, req.at)
-        return hit if hit is not None else live_ask(req, key)
+        return hit if hit is not None and hit.ok else live_ask(req, key)  # a recorded error is asked again
 
     gate = LlmGate(cfg, reviewer.model, log=log.info)
     reqs = gate_requests(inputs.scores, inputs.events, inputs.close_epoch, inputs.day, inputs.symbols,
