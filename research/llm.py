@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from strategies.llm_gate import (
@@ -30,6 +31,8 @@ from strategies.llm_gate import (
 )
 from tierlab.errors import ConfigError, TierlabError
 
+CALLS_FIELD = "llm_calls"  # BarInputs field: LLM calls per bar (T,), read by the kernel's surge trigger
+MIN_SCORE_EXTRA = "llm_min_score"  # RunResult.extras: the kernel's effective llm_min_score per bar (K, T)
 LOOKAHEAD_WARNING = ("LLM look-ahead: answers recorded after the fact can carry knowledge the model did not have "
                      "at the time; answers recorded live carry none.")
 
@@ -73,12 +76,41 @@ def llm_inputs(inputs: Any, events: pd.DataFrame | None, params: Any, policy: st
     """BarInputs with the policy's adjusted scores, the gate result (None when off) and the policy text.
 
     This is the one call research.backtest/tune make before the kernel for `--llm off|recorded:FILE`.
+    When BarInputs has an `llm_calls` field (the kernel's SPEC §8 surge input) it is filled too.
     """
     kind, path = parse_policy(policy)
     if kind == "off":
         return inputs, None, "off"
     res = apply_recorded(inputs, events, str(path), params, min_score=min_score)
-    return dataclasses.replace(inputs, scores=res.scores), res, f"recorded:{path}"
+    extra = {CALLS_FIELD: res.calls} if CALLS_FIELD in {f.name for f in dataclasses.fields(inputs)} else {}
+    return dataclasses.replace(inputs, scores=res.scores, **extra), res, f"recorded:{path}"
+
+
+def run_with_llm(strategy: Any, inputs: Any, events: pd.DataFrame | None, params: Any, policy: str | None,
+                 *, init_cash: float = 10_000.0, record: bool = True) -> tuple[Any, GateResult | None, str]:
+    """Gate then kernel for one parameter set, repeated until the gate's threshold per bar is the kernel's.
+
+    The kernel raises llm_min_score (SPEC §8 rollback) from the bar after a trigger, and the trigger
+    at bar t depends only on bars <= t; so re-running the gate with the kernel's per-bar
+    `extras["llm_min_score"]` settles in at most one pass per session, to what live does bar by bar.
+    Without that extra (kernel not wired yet) this is one gate pass and one kernel pass.
+    """
+    adj, res, pol = llm_inputs(inputs, events, params, policy)
+    out = strategy.run_inputs(adj, [params], init_cash=init_cash, record=record)
+    if res is None:
+        return out, None, pol
+    used = np.full(len(inputs.index), float(LlmGateConfig.for_params(params).min_score))
+    for _ in range(len(np.unique(inputs.day)) + 1):
+        eff = getattr(out, "extras", {}).get(MIN_SCORE_EXTRA)
+        if eff is None:
+            break
+        eff = np.asarray(eff, dtype=np.float64).reshape(-1, len(inputs.index))[0]
+        if np.array_equal(eff, used):
+            break
+        used = eff
+        adj, res, pol = llm_inputs(inputs, events, params, policy, min_score=used)
+        out = strategy.run_inputs(adj, [params], init_cash=init_cash, record=record)
+    return out, res, pol
 
 
 def record(start: str, end: str, out: str, mode: str = "default", root: str | None = None,
