@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from strategies.llm_gate import (
+    LLM_REASONS,
     AnswerBook,
     GateResult,
     LlmGate,
@@ -111,6 +112,27 @@ def run_with_llm(strategy: Any, inputs: Any, events: pd.DataFrame | None, params
         adj, res, pol = llm_inputs(inputs, events, params, policy, min_score=used)
         out = strategy.run_inputs(adj, [params], init_cash=init_cash, record=record)
     return out, res, pol
+
+
+def llm_kpis(res: GateResult | None, policy: str) -> dict[str, Any]:
+    """The LLM figures for a backtest's KPIs: policy, calls, cache hits, skips by reason, tokens, cost."""
+    c = res.counters if res is not None else {}
+    out: dict[str, Any] = {"llm_policy": policy, "llm_calls": int(c.get("llm_calls", 0)),
+                           "llm_cache_hits": int(c.get("llm_cached", 0))}
+    for reason in LLM_REASONS:
+        out[f"skipped_{reason}"] = int(c.get(reason, 0))
+    out.update(llm_tokens_in=int(c.get("llm_tokens_in", 0)), llm_tokens_out=int(c.get("llm_tokens_out", 0)),
+               llm_cost=float(c.get("llm_cost", 0.0)))
+    if policy.startswith("recorded:"):
+        out["llm_note"] = LOOKAHEAD_WARNING
+    return out
+
+
+def llm_hourly(res: GateResult | None, index: pd.DatetimeIndex) -> pd.Series:
+    """LLM calls per New York hour (the hourly KPI table's column), zeros when the LLM is off."""
+    hours = pd.DatetimeIndex(index).tz_convert("America/New_York").floor("h")
+    calls = res.calls if res is not None else np.zeros(len(index), dtype=np.int64)
+    return pd.Series(calls, index=hours, name="llm_calls").groupby(level=0).sum()
 
 
 def record(start: str, end: str, out: str, mode: str = "default", root: str | None = None,

@@ -12,7 +12,7 @@ from llm_endpoint import serve
 
 from data.catalog import Catalog
 from data.sample import ensure_sample
-from research.llm import llm_inputs, main, parse_policy
+from research.llm import llm_hourly, llm_inputs, llm_kpis, main, parse_policy
 from strategies.llm_gate import AnswerBook
 from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
@@ -67,6 +67,14 @@ def test_record_then_backtest_twice_gives_identical_orders_and_off_equals_today(
     assert g1.counters["llm_calls"] == len(recs) and g1.counters["llm_error"] == 0
     moved = ~np.isclose(np.nan_to_num(g1.scores), np.nan_to_num(inputs.scores))
     assert moved.sum() == g1.counters["llm_answers"] + g1.counters["llm_cached"] > 0
+
+    k = llm_kpis(g1, f"recorded:{out}")
+    assert k["llm_calls"] == len(recs) and k["llm_cache_hits"] == g1.counters["llm_cached"]
+    assert k["skipped_llm_below_score"] == g1.counters["llm_below_score"] > 0 and "look-ahead" in k["llm_note"]
+    assert k["llm_cost"] == pytest.approx(sum(x["cost"] for x in recs))
+    hourly = llm_hourly(g1, inputs.index)
+    assert hourly.sum() == len(recs) and hourly.index.tz is not None
+    assert llm_kpis(None, "off")["llm_calls"] == 0 and llm_hourly(None, inputs.index).sum() == 0
 
     off_inputs, off_res, off_policy = llm_inputs(inputs, events, p, "off")
     assert off_res is None and off_policy == "off" and off_inputs is inputs
