@@ -199,6 +199,13 @@ class LiveLlm:
         self.gate = LlmGate(cfg, self.reviewer.model, RedisGateStore(redis, prefix, cfg.cache_s), log)
         self.ask = recording(self.reviewer.ask, answers_path, cfg.strength_step, "live")
 
+    def step_inputs(self, inputs: Any, filings: pd.DataFrame | None, min_score: float,
+                    t: int = -1) -> tuple[np.ndarray, int]:
+        """`step` on a prepared BarInputs (the runner's session window); t = -1 is its newest bar."""
+        t = t % len(inputs.index)
+        return self.step(inputs.scores, inputs.events, inputs.close_epoch, inputs.day, inputs.symbols,
+                         inputs.index, filings, t, min_score)
+
     def step(self, scores: np.ndarray, events: np.ndarray, close_epoch: np.ndarray, day: np.ndarray,
              symbols: tuple[str, ...], index: pd.DatetimeIndex, filings: pd.DataFrame | None, t: int,
              min_score: float) -> tuple[np.ndarray, int]:

@@ -63,7 +63,8 @@ class LlmGateConfig(BaseModel):
     currency: str = Field("USD", description="currency of monthly_budget and prices")
     prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES),
                                                    description="model -> (input, output) price per 1M tokens")
-    timeout_s: float = Field(20.0, gt=0, description="seconds to wait for one answer")
+    timeout_s: float = Field(8.0, gt=0, description="seconds to wait for one answer; live waits at most "
+                             "(1 + retries) x timeout_s + backoffs per request, inside the minute bar")
     retries: int = Field(2, ge=0, le=10, description="extra attempts after a failed/late/malformed answer")
     retry_backoff_s: float = Field(0.5, ge=0, description="wait before retry k is backoff * 2**k")
     prompt: str = Field("review_v1", pattern=r"^[A-Za-z0-9_.-]+$", description="prompt file (= version)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,12 @@ def test_redis_store_survives_a_restart(llm: Any, r: Any, redis_prefix: str, tmp
     assert n0 == 1
     # a new process (same Redis): the 10:10 repeat is still a cache hit and the day's count carries on
     second = LiveLlm(cfg, r, answers, prefix=redis_prefix, reviewer=Reviewer(cfg))
-    row1, n1 = second.step(*args, bars["2024-11-04 10:10:20"], 0.4)
+    t1 = bars["2024-11-04 10:10:20"]
+    window = dataclasses.replace(inp, **{f: getattr(inp, f)[: t1 + 1] for f in ("index", "scores", "events",
+                                                                               "close_epoch", "day")})
+    row1, n1 = second.step_inputs(window, ev, 0.4)  # the runner's way: the newest bar of its window
     assert n1 == 0 and second.gate.counters["llm_cached"] == 1 and len(llm.seen) == 1
-    j, t1 = inp.symbols.index("AMD"), bars["2024-11-04 10:10:20"]
+    j = inp.symbols.index("AMD")
     assert row1[j] - inp.scores[t1, j] == pytest.approx(row0[j] - inp.scores[t0, j]) == 0.8 * cfg.max_adjust
     store = RedisGateStore(r, redis_prefix, cfg.cache_s)
     assert store.calls_on(int(inp.day[t0])) == 1 and store.spent_in("2024-11") == pytest.approx(3.6e-05)
