@@ -135,8 +135,9 @@ def llm_hourly(res: GateResult | None, index: pd.DatetimeIndex) -> pd.Series:
     return pd.Series(calls, index=hours, name="llm_calls").groupby(level=0).sum()
 
 
-def record(start: str, end: str, out: str, mode: str = "default", root: str | None = None,
-           cfg: LlmGateConfig | None = None, reviewer: Any = None) -> tuple[GateResult, str]:
+def record(start: str, end: str, out: str, mode: str | None = None, root: str | None = None,
+           cfg: LlmGateConfig | None = None, reviewer: Any = None,
+           params_file: str | None = None) -> tuple[GateResult, str]:
     """Ask the endpoint for every request a backtest of [start, end] makes; append answers to `out`.
 
     Answers already in `out` for the same request and bar are reused, not asked again (resumable);
@@ -149,7 +150,7 @@ def record(start: str, end: str, out: str, mode: str = "default", root: str | No
     from tierlab.log import get_logger
 
     log = get_logger("research.llm")
-    params = Params.preset(mode)
+    params = Params.from_toml(params_file, mode=mode) if params_file else Params.preset(mode or "default")
     cfg = cfg or LlmGateConfig.for_params(params)
     catalog = Catalog(root)
     panel = catalog.read_panel(list(params.universe), pd.Timestamp(start).date(), pd.Timestamp(end).date())
@@ -186,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("record", help="ask the endpoint for every request a backtest would make")
     r.add_argument("--start", required=True)
     r.add_argument("--end", required=True)
-    r.add_argument("--mode", choices=("default", "relaxed"), default="default")
+    r.add_argument("--mode", choices=("default", "relaxed"), help="preset (default: default, or --params' mode)")
+    r.add_argument("--params", help="parameter TOML (as research.backtest --params)")
     r.add_argument("--out", default=None, help="answers file (default: $TIERLAB_HOME/llm/answers.jsonl)")
     r.add_argument("--root", help="catalog directory")
     r.add_argument("--debug", action="store_true")
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = a.out or str(tierlab_home() / "llm" / "answers.jsonl")
     try:
-        print(record(a.start, a.end, out, a.mode, a.root)[1])
+        print(record(a.start, a.end, out, a.mode, a.root, params_file=a.params)[1])
     except TierlabError as exc:
         if a.debug:
             raise
