@@ -41,6 +41,7 @@ from alpaca.trading.requests import (
     LimitOrderRequest,
     MarketOrderRequest,
     OrderRequest,
+    ReplaceOrderRequest,
     StopLimitOrderRequest,
     StopLossRequest,
     StopOrderRequest,
@@ -561,6 +562,33 @@ class AlpacaBroker:
         sell = dataclasses.replace(intent, qty=held, type="market", limit_price=None, stop_price=None,
                                    take_profit=None, stop_loss=None)
         return self.submit(sell)
+
+    def reanchor_bracket(self, entry_client_order_id: str, stop_loss: float, take_profit: float) -> list[Order]:
+        """Move a filled bracket's legs to the kernel's fill-anchored stop and take-profit (on valid ticks).
+
+        A leg already at its price is left alone, so calling this again after a restart changes nothing.
+        Returns the legs now working (replacements have new ids).
+        """
+        ctx = {"client_order_id": entry_client_order_id}
+        parent = self.order_by_client_id(entry_client_order_id)
+        ctx["ticker"] = parent.symbol
+        stop, tp = round_price(stop_loss, "down"), round_price(take_profit, "up")
+        out: list[Order] = []
+        for leg in parent.legs or []:
+            if not is_open_status(leg.status):
+                continue
+            is_stop = leg.stop_price is not None
+            have = float(leg.stop_price if is_stop else leg.limit_price or 0.0)
+            want = stop if is_stop else tp
+            if have == want:
+                out.append(leg)
+                continue
+            req = ReplaceOrderRequest(stop_price=want) if is_stop else ReplaceOrderRequest(limit_price=want)
+            new = self._call("replace_order", self.client.replace_order_by_id, str(leg.id), req, **ctx)
+            log.info("bracket_reanchored", leg="stop" if is_stop else "take_profit", old_price=have, new_price=want,
+                     reason="anchored at the fill", **ctx)
+            out.append(new)
+        return out
 
     # -------------------------------------------------------------- reconciliation
     def fills_since(self, since: datetime) -> list[Fill]:

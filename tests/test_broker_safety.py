@@ -375,6 +375,34 @@ def test_restart_finds_working_bracket_legs(sim_and_clock) -> None:
     assert next(d for d in diffs if d["kind"] == "position")["stop_known"] is True
 
 
+def test_bracket_legs_are_reanchored_at_the_fill_once(stub_factory) -> None:
+    cid = _intent(9).client_order_id
+    legs = [order_json("leg-tp", side="sell", qty=2, type_="limit", limit=10.9, status="new", order_class="bracket"),
+            order_json("leg-sl", side="sell", qty=2, type_="stop", stop=9.1, status="new", order_class="bracket")]
+    parent = order_json(cid, qty=2, status="filled", order_class="bracket", legs=legs, filled_qty=2, price=10.02)
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        if path == "/v2/orders:by_client_order_id":
+            return 200, parent
+        if method == "PATCH":  # Alpaca's replace: the old leg is replaced by a new order
+            old = next(x for x in parent["legs"] if path.endswith(x["id"]))
+            new = {**old, "id": str(uuid.uuid4()), "replaces": old["id"],
+                   **{k: str(v) for k, v in body.items() if k in ("limit_price", "stop_price")}}
+            parent["legs"] = [new if x is old else x for x in parent["legs"]]
+            return 200, new
+        return NOT_FOUND
+
+    stub = stub_factory(routes)
+    broker = _stub_broker(stub)
+    got = broker.reanchor_bracket(cid, stop_loss=9.8512, take_profit=10.3049)
+    assert sorted((x.type.value, float(x.stop_price or x.limit_price)) for x in got) == [
+        ("limit", 10.31), ("stop", 9.85)]  # anchored at the fill, on ticks away from the market
+    assert len(stub.calls("PATCH")) == 2
+    again = broker.reanchor_bracket(cid, stop_loss=9.8512, take_profit=10.3049)
+    assert {str(x.id) for x in again} == {str(x.id) for x in got}
+    assert len(stub.calls("PATCH")) == 2  # a replay after a restart changes nothing
+
+
 def test_open_orders_reads_every_page(sim_and_clock) -> None:
     sim, clock = sim_and_clock
     broker = _sim_broker(sim, clock, page_limit=2)
@@ -449,15 +477,32 @@ def test_fills_since_reads_every_page_of_activities(stub_factory) -> None:
     assert [q.get("page_token") for _, _, q, _ in stub.requests] == [None, fills[99]["id"]]
 
 
-def test_fills_since_falls_back_to_orders_on_a_venue_without_activities(sim_and_clock) -> None:
+def test_fills_since_against_the_sim(sim_and_clock) -> None:
     sim, clock = sim_and_clock
     broker = _sim_broker(sim, clock)
     since = sim.call(lambda: sim.engine.now).to_pydatetime()
     broker.submit(_intent(50, qty=2))
     sim.step()
     fills = broker.fills_since(since)
-    assert [(f.symbol, f.side, f.qty, f.source) for f in fills] == [("AAA", "buy", 2.0, "orders")]
+    # from account activities where the venue has them, else from the orders' fills
+    assert [(f.symbol, f.side, f.qty) for f in fills] == [("AAA", "buy", 2.0)]
+    assert fills[0].price == pytest.approx(10.0, abs=0.01)  # the bar's open (plus the sim's slippage)
     assert broker.reconcile(since=since).fills == fills
+
+
+def test_fills_since_falls_back_to_orders_on_a_venue_without_activities(stub_factory) -> None:
+    filled = order_json("tl-x", qty=3, status="filled", filled_qty=3, price=10.5,
+                        filled_at="2024-11-01T14:05:00.000000Z")
+    old = order_json("tl-old", qty=1, status="filled", filled_qty=1, price=9.0,
+                     filled_at="2024-11-01T13:31:00.000000Z")
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        if path == "/v2/orders" and q.get("status") == "all":
+            return 200, [filled, old]
+        return NOT_FOUND
+
+    fills = _stub_broker(stub_factory(routes)).fills_since(pd.Timestamp("2024-11-01 14:00", tz="UTC").to_pydatetime())
+    assert [(f.symbol, f.qty, f.price, f.source) for f in fills] == [("AAA", 3.0, 10.5, "orders")]
 
 
 def test_broker_module_does_not_import_the_sim() -> None:
