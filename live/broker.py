@@ -192,6 +192,7 @@ class Fill:
     price: float
     time: datetime
     source: str = "activities"
+    id: str = ""  # the activity id (dedupe across reconciliations); the order id when read from orders
 
 
 @dataclass
@@ -592,11 +593,13 @@ class AlpacaBroker:
 
     # -------------------------------------------------------------- reconciliation
     def fills_since(self, since: datetime) -> list[Fill]:
-        """Executions since `since` (account activities FILL, every page); from orders if the venue has no activities."""
+        """Executions at or after `since` (account activities FILL, every page); from orders if the venue has none."""
         out: list[Fill] = []
         token: str | None = None
         for _ in range(10_000):
-            params: dict[str, Any] = {"after": _iso(since), "direction": "asc", "page_size": 100}
+            # Alpaca's `after` is strict; `since` is inclusive (a fill at the very instant counts)
+            params: dict[str, Any] = {"after": _iso(since - timedelta(milliseconds=1)), "direction": "asc",
+                                      "page_size": 100}
             if token:
                 params["page_token"] = token
             try:
@@ -608,9 +611,10 @@ class AlpacaBroker:
                 raise
             page = page or []
             for a in page:
-                out.append(Fill(order_id=str(a["order_id"]), symbol=a["symbol"], side=a["side"],
-                                qty=float(a["qty"]), price=float(a["price"]),
-                                time=_parse_time(a["transaction_time"])))
+                t = _parse_time(a["transaction_time"])
+                if t >= since:
+                    out.append(Fill(order_id=str(a["order_id"]), symbol=a["symbol"], side=a["side"],
+                                    qty=float(a["qty"]), price=float(a["price"]), time=t, id=str(a["id"])))
             if len(page) < 100:
                 break
             token = str(page[-1]["id"])
@@ -623,7 +627,7 @@ class AlpacaBroker:
                 if x.filled_at is not None and _f(x.filled_qty) > 0 and x.filled_at >= since:
                     out.append(Fill(order_id=str(x.id), symbol=x.symbol, side=_status_value(x.side),
                                     qty=_f(x.filled_qty), price=_f(x.filled_avg_price), time=x.filled_at,
-                                    source="orders"))
+                                    source="orders", id=str(x.id)))
         return sorted(out, key=lambda f: f.time)
 
     def reconcile(self, since: datetime | None = None) -> Reconciliation:
