@@ -229,10 +229,22 @@ class Reconciliation:
 
 
 class Broker(Protocol):
-    """What the live runner needs from a broker."""
+    """What the live runner needs from a broker (AlpacaBroker is the one implementation)."""
 
-    def submit(self, intent: OrderIntent) -> Order:
+    def submit(self, intent: OrderIntent, *, base_price: float | None = None) -> Order:
         """Place an intent once (idempotent by its client_order_id) and return the broker's order."""
+        ...
+
+    def order_by_client_id(self, cid: str) -> Order:
+        """Look an order up by its client_order_id."""
+        ...
+
+    def exit_position(self, intent: OrderIntent) -> Order | None:
+        """Cancel a position's open orders and legs, then sell exactly the shares held."""
+        ...
+
+    def reanchor_bracket(self, entry_client_order_id: str, stop_loss: float, take_profit: float) -> list[Order]:
+        """Move a filled bracket's legs to prices anchored at the fill."""
         ...
 
     def cancel(self, order_id: str) -> None:
@@ -251,8 +263,12 @@ class Broker(Protocol):
         """Cash, equity and buying power."""
         ...
 
-    def reconcile(self) -> Reconciliation:
-        """Open orders and positions at start, so a restart neither loses nor repeats an order."""
+    def equity(self) -> float:
+        """Account equity, the base of sizing."""
+        ...
+
+    def reconcile(self, since: datetime | None = None) -> Reconciliation:
+        """Open orders, positions and fills since a time, so a restart neither loses nor repeats an order."""
         ...
 
 

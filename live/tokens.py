@@ -17,7 +17,7 @@ import redis
 from strategies.rules.tokens import TAKE_FAILED, TAKE_FALLBACK, TAKE_OK
 from tierlab.errors import ConfigError
 
-__all__ = ["TAKE_FAILED", "TAKE_FALLBACK", "TAKE_OK", "RedisTokenBucket"]
+__all__ = ["TAKE_FAILED", "TAKE_FALLBACK", "TAKE_OK", "RedisTokenBucket", "minute_epoch"]
 
 # Fields a, b, r are buckets 0 (Tier A), 1 (Tier B), 2 (Reserve) of strategies.rules.tokens.
 # A new minute's key starts full. ARGV: cap_a, cap_b, cap_r, ttl_s, ...
@@ -68,6 +68,11 @@ if cr > 0 then r = redis.call('HINCRBY', key, 'r', 0 - cr) end
 if op ~= '' then redis.call('HSET', key, 'op:' .. op, 1) end
 return {1, a, b, r}
 """
+
+
+def minute_epoch(now_s: float) -> int:
+    """The minute a bar close belongs to, as the kernel counts it (unix seconds // 60)."""
+    return int(now_s // 60)
 
 
 class RedisTokenBucket:
