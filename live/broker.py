@@ -47,6 +47,7 @@ from alpaca.trading.requests import (
     StopOrderRequest,
     TakeProfitRequest,
 )
+from pydantic import ValidationError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -102,6 +103,24 @@ def order_phase(status: Any) -> str:
 def is_open_status(status: Any) -> bool:
     """True unless the order can never fill again; an unknown status counts as open (the safe side)."""
     return order_phase(status) != TERMINAL
+
+
+def tolerant_order(d: dict[str, Any]) -> Order:
+    """An alpaca-py Order from Alpaca's JSON even when its status is one alpaca-py does not know.
+
+    Such a status is kept as its text (order_phase() says UNKNOWN, which counts as open) and logged,
+    so a new status Alpaca adds can never make the adapter lose track of an order.
+    """
+    raw = d.get("status")
+    known = _status_value(raw) in ORDER_STATUS_PHASE
+    legs = [tolerant_order(x) for x in d.get("legs") or []] or None
+    o = Order(**{**d, "legs": None, "status": raw if known else "new"})
+    o.__dict__["legs"] = legs
+    if not known:
+        o.__dict__["status"] = raw  # alpaca-py validates assignments; this one is deliberate
+        log.warning("order_status_unknown", ticker=d.get("symbol"), client_order_id=d.get("client_order_id"),
+                    status=raw, reason="kept as open")
+    return o
 
 
 # ---------------------------------------------------------------------- prices
@@ -332,6 +351,13 @@ class AlpacaBroker:
             err = BrokerError(f"{what} {_ctx(ctx)}: {type(e).__name__} talking to the broker", retryable=True)
             err.outcome_unknown = not _never_sent(e)  # type: ignore[attr-defined]
             raise err from None
+        except ValidationError as e:  # an answer alpaca-py cannot read (e.g. an order status it does not know)
+            first = e.errors()[0] if e.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            err = BrokerError(f"{what} {_ctx(ctx)}: answer not understood ({where}: {first.get('input')!r})",
+                              retryable=False)
+            err.unparsed = True  # type: ignore[attr-defined]
+            raise err from None
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **ctx: Any) -> T:
         retrying = Retrying(
@@ -388,7 +414,7 @@ class AlpacaBroker:
                     log.info("order_already_placed", status=_status_value(order.status),
                              reason="duplicate_client_order_id", **ctx)
                     return order
-                if getattr(e, "outcome_unknown", False):
+                if getattr(e, "outcome_unknown", False) or getattr(e, "unparsed", False):
                     maybe_sent = True
                     found = self._find(cid, ctx, after=str(e))
                     if found is not None:
@@ -428,7 +454,7 @@ class AlpacaBroker:
     def _find(self, cid: str, ctx: dict[str, Any], *, after: str) -> Order | None:
         """The order with this client_order_id, None when the broker has none; OutcomeUnknown when it cannot say."""
         try:
-            return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+            return self._order_by_cid(cid, ctx)
         except BrokerError as e:
             if e.status == 404:
                 return None
@@ -468,8 +494,18 @@ class AlpacaBroker:
         return qty, max(0.0, min(qty, free))
 
     def order_by_client_id(self, cid: str) -> Order:
-        """Look an order up by its client_order_id."""
-        return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, client_order_id=cid)
+        """Look an order up by its client_order_id (an order in a status alpaca-py does not know is still returned)."""
+        return self._order_by_cid(cid, {"client_order_id": cid})
+
+    def _order_by_cid(self, cid: str, ctx: dict[str, Any]) -> Order:
+        try:
+            return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+        except BrokerError as e:
+            if not getattr(e, "unparsed", False):
+                raise
+        raw = self._call("get_order_by_client_id", self.client.get, "/orders:by_client_order_id",
+                         {"client_order_id": cid}, **ctx)
+        return tolerant_order(raw)
 
     def cancel(self, order_id: str) -> None:
         """Cancel one open order."""
@@ -497,7 +533,15 @@ class AlpacaBroker:
         def page_of(limit: int, after_: datetime | None, until_: datetime | None) -> list[Order]:
             req = GetOrdersRequest(status=status, nested=nested, limit=limit, direction=Sort.DESC,
                                    until=until_, after=after_, symbols=symbols)
-            page = self._call("get_orders", self.client.get_orders, req)
+            try:
+                page = self._call("get_orders", self.client.get_orders, req)
+            except BrokerError as e:
+                if not getattr(e, "unparsed", False):
+                    raise
+                params = req.to_request_fields()
+                if isinstance(params.get("symbols"), list):
+                    params["symbols"] = ",".join(params["symbols"])
+                page = [tolerant_order(d) for d in self._call("get_orders", self.client.get, "/orders", params)]
             seen.update((str(o.id), o) for o in page if str(o.id) not in seen)
             return page
 

@@ -298,6 +298,37 @@ def test_every_alpaca_status_is_understood(stub_factory, status: str) -> None:
     assert (rec.take_profits.get("BBB") == 12.0) == (EXPECTED_PHASE[status] != TERMINAL)
 
 
+def test_an_order_in_a_status_alpaca_py_does_not_know_is_kept_as_open(stub_factory) -> None:
+    book: dict[str, dict[str, Any]] = {}
+    leg = order_json("leg-1", side="sell", type_="stop", stop=9.5, status="brand_new_status", order_class="bracket")
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        if method == "POST" and path == "/v2/orders":
+            book[body["client_order_id"]] = o = order_json(body["client_order_id"], status="brand_new_status")
+            return 200, o
+        if path == "/v2/orders:by_client_order_id":
+            o = book.get(q["client_order_id"])
+            return (200, o) if o else NOT_FOUND
+        if path == "/v2/orders":
+            parent = order_json("tl-parent", status="brand_new_status", order_class="bracket", legs=[leg])
+            return 200, [parent] if q.get("status") == "open" else []
+        if path == "/v2/positions":
+            return 200, []
+        if path == "/v2/account":
+            return 200, account_json()
+        return NOT_FOUND
+
+    stub = stub_factory(routes)
+    broker = _stub_broker(stub)
+    order = broker.submit(_intent(12))  # the answer cannot be read by alpaca-py: it is placed all the same
+    assert order.client_order_id == _intent(12).client_order_id and order.status == "brand_new_status"
+    assert order_phase(order.status) == UNKNOWN and is_open_status(order.status)
+    assert len(stub.calls("POST")) == 1
+    rec = broker.reconcile()
+    assert "tl-parent" in rec.open_orders and rec.stops == {"AAA": 9.5}
+    assert rec.open_orders["tl-parent"].legs[0].status == "brand_new_status"
+
+
 def test_a_status_nobody_knows_counts_as_open() -> None:
     assert order_phase("brand_new_status") == UNKNOWN
     assert order_phase(None) == UNKNOWN
