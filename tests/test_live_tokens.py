@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +157,42 @@ def test_two_processes_never_exceed_the_minute_budget_between_them(client, redis
         # 600 wants per minute for 10 tokens: every token is granted once, none twice
         assert granted == [6, 3, 1], (minute, outs[0][minute], outs[1][minute])
         assert bucket.remaining(minute) == [0, 0, 0]
+
+
+def _private_redis(tmp: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            if r.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("private redis-server did not start")
+
+
+def test_a_redis_restart_keeps_the_minute_and_reloads_the_scripts(tmp_path) -> None:
+    if shutil.which("redis-server") is None:  # CI installs it: there a missing server is a failure
+        (pytest.fail if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else pytest.skip)(
+            "redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _private_redis(tmp_path, port)
+    try:
+        client = redis.Redis(port=port)
+        b = RedisTokenBucket(client, "acct:strat:", 6, 3, 1)
+        assert b.consume(MINUTE, [5, 3, 0]) == (True, [1, 0, 1])
+        proc.terminate()
+        proc.wait(10)
+        proc = _private_redis(tmp_path, port)  # same data dir: the append-only file brings the minute back
+        # the server forgot the scripts; redis-py loads them again on NOSCRIPT
+        assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_OK
+        assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_FAILED  # 6 A tokens in this minute, not 6 more
+        assert b.remaining(MINUTE) == [0, 0, 1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
