@@ -410,7 +410,7 @@ class AlpacaBroker:
             except BrokerError as e:
                 last = e
                 if e.status in (409, 422) and "client_order_id" in str(e) and "unique" in str(e):
-                    order = self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+                    order = self._order_by_cid(cid, ctx)
                     log.info("order_already_placed", status=_status_value(order.status),
                              reason="duplicate_client_order_id", **ctx)
                     return order
