@@ -107,6 +107,8 @@ def test_consume_is_all_or_nothing_and_idempotent_by_op_id(client, redis_prefix)
         b.consume(MINUTE, [1, -1, 0])
     with pytest.raises(ConfigError, match="tier"):
         b.take(MINUTE, 3, 0.0, False, 10.0)
+    with pytest.raises(ConfigError, match="finite"):
+        b.take(MINUTE, 0, float("nan"), True, 10.0)
 
 
 _WORKER = textwrap.dedent("""
