@@ -524,6 +524,22 @@ class AlpacaBroker:
                 if str(o.id) not in known]
         return nested + flat
 
+    def _working_orders(self, symbols: list[str] | None, since: datetime | None = None) -> list[Order]:
+        """open_orders() plus open legs of recent brackets that neither open listing shows.
+
+        Alpaca has listed the `held` stop of a filled bracket as closed; the parents submitted since
+        `since` (default: the last day) are read with their legs nested to find it.
+        """
+        orders = self.open_orders(symbols=symbols)
+        seen = {str(x.id) for o in orders for x in [o, *(o.legs or [])]}
+        lookback = since or datetime.fromtimestamp(self._now(), tz=UTC) - timedelta(days=1)
+        for o in self._all_orders(QueryOrderStatus.ALL, nested=True, after=lookback, symbols=symbols):
+            for x in o.legs or []:
+                if str(x.id) not in seen and is_open_status(x.status):
+                    seen.add(str(x.id))
+                    orders.append(x)
+        return orders
+
     def _all_orders(self, status: QueryOrderStatus, *, nested: bool = True, symbols: list[str] | None = None,
                     after: datetime | None = None) -> list[Order]:
         """Every page of GET /v2/orders, newest first, walking `until` back (ties at a page edge re-read, deduplicated)."""
@@ -595,12 +611,14 @@ class AlpacaBroker:
         ctx = {"ticker": sym, "client_order_id": cid}
         if intent.side != "sell":
             raise ConfigError(f"exit_position takes a sell intent, got {intent.side!r} ({sym})")
+        if not (poll_s > 0 and wait_s >= 0):
+            raise ConfigError(f"exit_position needs poll_s > 0 and wait_s >= 0, got {poll_s!r}, {wait_s!r}")
         found = self._find(cid, ctx, after="exit lookup")
         if found is not None:
             log.info("order_already_placed", status=_status_value(found.status), reason="exit_already_sent", **ctx)
             return found
         for _ in range(max(1, int(wait_s / poll_s)) + 1):
-            working = [o for o in self.open_orders(symbols=[sym]) if o.symbol == sym]
+            working = [o for o in self._working_orders([sym]) if o.symbol == sym]
             targets = [x for o in working for x in _cancel_targets(o)]
             if not targets:
                 break
@@ -692,15 +710,7 @@ class AlpacaBroker:
 
     def reconcile(self, since: datetime | None = None) -> Reconciliation:
         """The broker's book: open orders with legs (every page), positions, account, fills since `since`."""
-        orders = self.open_orders()
-        seen = {str(x.id) for o in orders for x in [o, *(o.legs or [])]}
-        # legs of a filled bracket that neither open listing shows (Alpaca has listed a `held` stop as closed)
-        lookback = since or datetime.fromtimestamp(self._now(), tz=UTC) - timedelta(days=1)
-        for o in self._all_orders(QueryOrderStatus.ALL, nested=True, after=lookback):
-            for x in o.legs or []:
-                if str(x.id) not in seen and is_open_status(x.status):
-                    seen.add(str(x.id))
-                    orders.append(x)
+        orders = self._working_orders(None, since)
         pos = self.positions()
         snap = self.account_snapshot()
         rec = Reconciliation(positions={p.symbol: float(p.qty) for p in pos}, cash=snap.cash, equity=snap.equity,

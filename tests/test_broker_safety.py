@@ -483,6 +483,41 @@ def test_shares_promised_to_bracket_legs_are_not_sold_twice_and_exit_frees_them(
     assert broker.exit_position(_intent(43, side="sell", qty=1, intent="exit")) is None  # nothing held
 
 
+def test_exit_finds_a_held_stop_that_the_open_listing_hides(stub_factory) -> None:
+    tp = order_json("leg-tp", side="sell", qty=3, type_="limit", limit=11.0, status="new", order_class="bracket")
+    sl = order_json("leg-sl", side="sell", qty=3, type_="stop", stop=9.0, status="held", order_class="bracket")
+    parent = order_json("tl-entry", qty=3, status="filled", order_class="bracket", legs=[tp, sl], filled_qty=3,
+                        price=10.0)
+    sells: list[dict[str, Any]] = []
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        legs_open = [x for x in (tp, sl) if x["status"] in ("new", "held")]
+        if method == "DELETE" and path.startswith("/v2/orders/"):
+            leg = next(x for x in (tp, sl) if path.endswith(x["id"]))
+            leg["status"] = "canceled"  # worst case: no OCO cascade, each leg must be canceled
+            return 204, None
+        if method == "GET" and path == "/v2/orders":
+            if q.get("status") == "open":  # Alpaca's nested listing drops the filled parent; flat hides `held`
+                return 200, [] if q.get("nested") == "True" else [x for x in legs_open if x["status"] == "new"]
+            return 200, [parent]
+        if path == "/v2/positions/AAA":
+            free = 0 if legs_open else 3
+            return 200, {"asset_id": tp["asset_id"], "symbol": "AAA", "exchange": "NASDAQ",
+                         "asset_class": "us_equity", "avg_entry_price": "10", "qty": "3", "side": "long",
+                         "market_value": "30", "cost_basis": "30", "unrealized_pl": "0", "unrealized_plpc": "0",
+                         "unrealized_intraday_pl": "0", "unrealized_intraday_plpc": "0", "current_price": "10",
+                         "lastday_price": "10", "change_today": "0", "qty_available": str(free)}
+        if method == "POST" and path == "/v2/orders":
+            sells.append(body)
+            return 200, order_json(body["client_order_id"], side="sell", qty=body["qty"], status="accepted")
+        return NOT_FOUND
+
+    stub = stub_factory(routes)
+    out = _stub_broker(stub).exit_position(_intent(44, side="sell", qty=1, intent="exit"), poll_s=0.01)
+    assert (tp["status"], sl["status"]) == ("canceled", "canceled")
+    assert len(sells) == 1 and float(sells[0]["qty"]) == 3 and out is not None
+
+
 def test_size_from_equity_not_buying_power(stub_factory) -> None:
     stub = stub_factory(lambda m, p, q, b: (200, account_json(equity=10_000.0, buying_power=40_000.0)))
     snap = _stub_broker(stub).account_snapshot()
