@@ -15,7 +15,7 @@ from alpaca.trading.requests import MarketOrderRequest, StopLossRequest, TakePro
 
 from data.bars import Panel
 from data.sample import generate_panel
-from live.sim import ManualClock, SimConfig, SimEngine, SimReject, SimServer
+from live.sim import ManualClock, SimConfig, SimEngine, SimServer
 from strategies.fills import (
     bracket_exit_long_nb,
     limit_fill_price_nb,
