@@ -72,8 +72,9 @@ def test_an_upgrade_header_on_rest_paths_bypasses_nothing(sim: SimServer) -> Non
 
 @pytest.mark.parametrize("headers", [{}, {"APCA-API-KEY-ID": "tierlab-sim-key"},
                                      {"APCA-API-KEY-ID": "nope", "APCA-API-SECRET-KEY": "wrong"},
-                                     {"APCA-API-KEY-ID": "tierlab-sim-key", "APCA-API-SECRET-KEY": "tierlab-sim-x"}],
-                         ids=["none", "key-only", "wrong-both", "wrong-secret"])
+                                     {"APCA-API-KEY-ID": "tierlab-sim-key", "APCA-API-SECRET-KEY": "tierlab-sim-x"},
+                                     {"APCA-API-KEY-ID": "tierlab-sim-kéy", "APCA-API-SECRET-KEY": "sécret"}],
+                         ids=["none", "key-only", "wrong-both", "wrong-secret", "non-ascii"])
 def test_missing_or_wrong_keys_get_alpacas_401_on_every_route(sim: SimServer, headers: dict) -> None:
     for method, path in _rest_routes(sim):
         r = requests.request(method, sim.url + path, headers=headers, timeout=10)
@@ -177,3 +178,36 @@ def test_keys_are_never_taken_from_the_command_line() -> None:
     assert r.returncode == 2 and "unrecognized arguments: --key k --secret s" in r.stderr
     assert "--key" not in subprocess.run([sys.executable, "-m", "live.sim", "--help"], capture_output=True, text=True,
                                          timeout=60).stdout
+
+
+def test_streams_answer_garbage_and_strange_keys_without_crashing(sim: SimServer) -> None:
+    """Deeply nested, non-JSON and non-ASCII auth messages on both websockets get an answer, never a dead socket."""
+    import asyncio
+
+    import aiohttp
+    import msgpack
+
+    listeners = len(sim.hub.trade_listeners)
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(sim.trade_stream_url) as ws:
+                for junk in ("[" * 50_000 + "]" * 50_000, "not json", '{"action": "listen"}'):
+                    await ws.send_str(junk)
+                    reply = json.loads((await ws.receive(timeout=10)).data)
+                    assert reply["stream"] in ("error", "authorization"), reply
+                    assert reply["stream"] == "error" or reply["data"]["status"] == "unauthorized"
+                assert len(sim.hub.trade_listeners) == listeners  # an unauthenticated listen adds nothing
+                await ws.send_str(json.dumps({"action": "auth", "data": {"key_id": "kéy\ud800", "secret_key": ["x"]}}))
+                reply = json.loads((await ws.receive(timeout=10)).data)
+                assert reply["data"]["status"] == "unauthorized"
+            async with http.ws_connect(sim.data_stream_url) as ws:
+                assert msgpack.unpackb((await ws.receive(timeout=10)).data)[0]["msg"] == "connected"
+                await ws.send_bytes(msgpack.packb({"action": "subscribe", "bars": ["AAA"]}))
+                assert msgpack.unpackb((await ws.receive(timeout=10)).data)[0]["code"] == 401
+                await ws.send_bytes(msgpack.packb({"action": "auth", "key": "kéy", "secret": 7}))
+                assert msgpack.unpackb((await ws.receive(timeout=10)).data)[0]["msg"] == "auth failed"
+        assert sim.hub.bar_subs == {} or all(not v for v in sim.hub.bar_subs.values())
+
+    asyncio.run(run())
+    assert requests.get(f"{sim.url}/v2/clock", headers=_keys(sim), timeout=10).status_code == 200  # still serving

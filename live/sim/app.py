@@ -55,10 +55,12 @@ class Hub:
         self.faults: deque[tuple[int, bool]] = deque()
         self.lock = asyncio.Lock()
 
-    def keys_ok(self, key: str | None, secret: str | None) -> bool:
-        """Constant-time check of a key pair."""
-        return bool(key and secret) and hmac.compare_digest(str(key), self.api_key) and hmac.compare_digest(
-            str(secret), self.secret_key)
+    def keys_ok(self, key: object, secret: object) -> bool:
+        """Constant-time check of a key pair (any text, non-ASCII or not a string at all, is simply wrong)."""
+        if not (isinstance(key, str) and isinstance(secret, str) and key and secret):
+            return False
+        enc = lambda s: s.encode("utf-8", "surrogatepass")  # noqa: E731 (compare_digest refuses non-ASCII str)
+        return hmac.compare_digest(enc(key), enc(self.api_key)) & hmac.compare_digest(enc(secret), enc(self.secret_key))
 
     async def flush(self) -> None:
         """Send pending trade updates and closed bars to the websocket subscribers."""
