@@ -225,11 +225,13 @@ def test_orders_streams_positions_and_rejections(env: dict) -> None:
     _events(updates, close.id, "fill")
     assert float(tc.get_open_position("BBB").qty) == 2
 
-    # --- market closed: run out the session, then an order is refused
+    # --- market closed: run out the session; an order is accepted and queued (Alpaca's "accepted")
     sim.step(100)
     assert not tc.get_clock().is_open
-    e = rejected(MarketOrderRequest(symbol="AAA", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY))
-    assert (_status(e), e.message) == (403, "market is closed")
+    queued = tc.submit_order(MarketOrderRequest(symbol="AAA", qty=1, side=OrderSide.BUY,
+                                                time_in_force=TimeInForce.DAY))
+    assert queued.status.value == "accepted"
+    _events(updates, queued.id, "accepted")
 
 
 def test_bars_history_paginates_and_never_shows_the_future(env: dict) -> None:
@@ -251,7 +253,7 @@ def test_wrong_keys_are_refused_on_rest_and_streams(env: dict) -> None:
     bad._retry = 0
     with pytest.raises(APIError) as ei:
         bad.get_account()
-    assert ei.value.status_code == 403
+    assert ei.value.status_code == 401 and ei.value.code == 40110000  # Alpaca: 401 "request is not authorized"
     ws = StockDataStream("nope", "wrong", url_override=sim.data_stream_url)
 
     async def auth() -> None:

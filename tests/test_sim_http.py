@@ -41,7 +41,8 @@ def _session(sim: SimServer) -> requests.Session:
 
 @pytest.fixture()
 def sim() -> Iterator[SimServer]:
-    with SimServer(_panel(), SimConfig(slippage=0.001, initial_cash=100_000.0), rate_limit=100_000) as s:
+    with SimServer(_panel(), SimConfig(slippage=0.001, initial_cash=100_000.0, account="cash"),
+                   rate_limit=100_000) as s:
         yield s
 
 
@@ -67,7 +68,7 @@ def test_a_resting_buy_is_reserved_at_the_last_known_price_once_its_bars_run_out
     p = _panel(6)
     for a in (p.open, p.high, p.low, p.close):
         a[2:, 0] = np.nan  # AAA trades for two minutes, then never again in this replay
-    with SimServer(p, SimConfig(slippage=0.001), rate_limit=100_000) as sim:
+    with SimServer(p, SimConfig(slippage=0.001, account="cash"), rate_limit=100_000) as sim:
         sim.step(3)
         s = _session(sim)
         assert s.post(f"{sim.url}/v2/orders", json=_buy("AAA", 100)).status_code == 200

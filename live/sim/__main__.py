@@ -1,7 +1,9 @@
 """CLI: `python -m live.sim --port 8765 --replay 2024-11-01 --speed 60` serves catalog bars on loopback.
 
---speed 0 is step mode (advance with POST /sim/step). Keys: --key/--secret, else SIM_API_KEY /
-SIM_SECRET_KEY, else the test defaults. --sample writes the bundled sample into the catalog first.
+--speed 0 is step mode (advance with POST /sim/step). Keys come from the environment only
+(SIM_API_KEY / SIM_SECRET_KEY; a key on a command line shows in `ps`), else the published
+defaults, which are fit for loopback use only. --account cash keeps a cash account (no shorting).
+--sample writes the bundled sample into the catalog first.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fee-per-order", type=float, default=SimConfig.fee_per_order)
     ap.add_argument("--cash", type=float, default=SimConfig.initial_cash)
     ap.add_argument("--max-volume-share", type=float, default=SimConfig.max_volume_share)
-    ap.add_argument("--key")
-    ap.add_argument("--secret")
+    ap.add_argument("--exact-prices", action="store_true",
+                    help="parity replays: accept prices off Alpaca's tick and report exact float prices")
+    ap.add_argument("--account", choices=("margin", "cash"), default=SimConfig.account,
+                    help="margin (Alpaca paper's default: 2x/4x, shorting) or cash (1x, no shorting)")
     ap.add_argument("--sample", action="store_true", help="write the bundled synthetic sample if missing")
     a = ap.parse_args(argv)
     try:
@@ -68,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         panel = cat.read_panel(syms, a.replay, a.end or a.replay)
         _require_bars(panel, cat, a)
         cfg = SimConfig(slippage=a.slippage, fee_per_share=a.fee_per_share, fee_per_order=a.fee_per_order,
-                        initial_cash=a.cash, max_volume_share=a.max_volume_share)
-        server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed, api_key=a.key, secret_key=a.secret)
+                        initial_cash=a.cash, max_volume_share=a.max_volume_share, account=a.account,
+                        exact_prices=a.exact_prices)
+        server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed)
         asyncio.run(server.serve())
     except TierlabError as e:
         print(f"live.sim: {e}", file=sys.stderr)

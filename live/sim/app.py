@@ -1,10 +1,13 @@
 """The sim's aiohttp app: Alpaca's trading REST, /v2/stocks/bars, trade_updates and market-data websockets.
 
-Bound to loopback only. Auth by the APCA-API-KEY-ID / APCA-API-SECRET-KEY headers (401 when
-missing, 403 when wrong) and by each websocket's auth message; 200 requests/min per key (429
-with X-Ratelimit-* headers). Control endpoints under /sim/ (step, state) skip the rate limit.
-Every error is Alpaca's JSON {"code", "message"}: bad client input a 400/422 naming the parameter,
-a sim bug a short 500 (never an HTML page).
+Bound to loopback only. Every REST route (and a stream path asked for without a websocket
+upgrade) needs the APCA-API-KEY-ID / APCA-API-SECRET-KEY headers: missing or wrong keys get
+Alpaca's 401 {"code": 40110000, "message": "request is not authorized"}. The two websocket
+routes authenticate with their first message, as Alpaca's streams do; an Upgrade header on any
+other path changes nothing. 200 requests/min per key (429 with X-Ratelimit-* headers); control
+endpoints under /sim/ (step, state) skip the rate limit. Every error is Alpaca's JSON
+{"code", "message"}: bad client input a 400/422 naming the parameter, a sim bug a short 500
+(never an HTML page).
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ class Hub:
         self.faults: deque[tuple[int, bool]] = deque()
         self.lock = asyncio.Lock()
 
-    def keys_ok(self, key: str | None, secret: str | None) -> bool:
-        """Constant-time check of a key pair."""
-        return bool(key and secret) and hmac.compare_digest(str(key), self.api_key) and hmac.compare_digest(
-            str(secret), self.secret_key)
+    def keys_ok(self, key: object, secret: object) -> bool:
+        """Constant-time check of a key pair (any text, non-ASCII or not a string at all, is simply wrong)."""
+        if not (isinstance(key, str) and isinstance(secret, str) and key and secret):
+            return False
+        enc = lambda s: s.encode("utf-8", "surrogatepass")  # noqa: E731 (compare_digest refuses non-ASCII str)
+        return hmac.compare_digest(enc(key), enc(self.api_key)) & hmac.compare_digest(enc(secret), enc(self.secret_key))
 
     async def flush(self) -> None:
         """Send pending trade updates and closed bars to the websocket subscribers."""
@@ -99,10 +104,17 @@ _CODES = {400: wire.CODE_BAD_REQUEST, 401: wire.CODE_UNAUTHORIZED, 403: wire.COD
           404: wire.CODE_NOT_FOUND, 422: wire.CODE_UNPROCESSABLE, 429: wire.CODE_RATE_LIMIT}
 
 
+def _is_stream(request: web.Request) -> bool:
+    """True for a websocket upgrade on one of the two stream routes (they authenticate by message)."""
+    route = request.match_info.route
+    return (getattr(route, "handler", None) in (trade_stream, data_stream) and request.method == "GET"
+            and request.headers.get("Upgrade", "").lower() == "websocket")
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every error answers Alpaca-style JSON: aiohttp's own 404/405/413 and any unexpected exception (500)."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if _is_stream(request):
         return await handler(request)  # a prepared websocket cannot turn into a JSON answer
     try:
         return await handler(request)
@@ -163,7 +175,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or Alpaca's 400 for a body that is not one."""
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         body = None
     if not isinstance(body, dict):
         raise SimReject(400, wire.CODE_BAD_REQUEST, "request body format is invalid: expected a JSON object")
@@ -174,14 +186,14 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamResponse:
     hub: Hub = request.app[HUB]
     path = request.path
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await handler(request)  # websockets authenticate with their first message
+    if _is_stream(request):
+        return await handler(request)  # the streams authenticate with their first message
     key = request.headers.get("APCA-API-KEY-ID")
     secret = request.headers.get("APCA-API-SECRET-KEY")
-    if not key or not secret:
+    if not hub.keys_ok(key, secret):  # missing or wrong: Alpaca answers 401 either way
+        log.warning("unauthorized", path=path, method=request.method, reason="missing keys" if not (key and secret)
+                    else "wrong keys")
         return _json(wire.error_body(wire.CODE_UNAUTHORIZED, "request is not authorized"), 401)
-    if not hub.keys_ok(key, secret):
-        return _json(wire.error_body(wire.CODE_FORBIDDEN, "forbidden"), 403)
     if path.startswith("/sim/"):
         return await handler(request)
     decision = hub.limiter.hit(key)
@@ -209,20 +221,29 @@ async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamRespon
 
 # ------------------------------------------------------------------ trading REST
 async def account(request: web.Request) -> web.Response:
-    """GET /v2/account: a cash account (multiplier 1, no shorting)."""
+    """GET /v2/account: a margin account by default (multiplier 2, or 4 at >= $25,000), or a cash account."""
     e = request.app[ENGINE]
-    bp, eq, mv = e.buying_power(), e.equity(), e.market_value()
+    eq = e.equity()
+
+    def money(x: float) -> str | None:
+        return wire.num(round(x, 2))
+
     return _json({
-        "id": "5c1f4b0e-0000-4000-8000-000000000001", "account_number": "PA-TIERLAB-SIM", "status": "ACTIVE",
-        "crypto_status": "INACTIVE", "currency": "USD", "buying_power": wire.num(round(bp, 2)),
-        "regt_buying_power": wire.num(round(bp, 2)), "non_marginable_buying_power": wire.num(round(bp, 2)),
-        "cash": wire.num(round(e.cash, 4)), "accrued_fees": "0", "portfolio_value": wire.num(round(eq, 4)),
-        "equity": wire.num(round(eq, 4)), "last_equity": wire.num(round(e.start_equity, 4)),
-        "long_market_value": wire.num(round(mv, 4)), "short_market_value": "0", "initial_margin": "0",
-        "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0", "multiplier": "1",
-        "shorting_enabled": False, "trading_blocked": False, "transfers_blocked": False,
-        "account_blocked": False, "trade_suspended_by_user": False, "pattern_day_trader": False,
-        "daytrade_count": 0, "created_at": wire.ts(e.panel.index[0]),
+        "id": wire.ACCOUNT_ID, "account_number": "PA-TIERLAB-SIM", "status": "ACTIVE",
+        "crypto_status": "INACTIVE", "currency": "USD", "buying_power": money(max(e.buying_power(), 0.0)),
+        "regt_buying_power": money(max(e.regt_buying_power(), 0.0)),
+        "daytrading_buying_power": money(max(e.daytrading_buying_power(), 0.0)),
+        "non_marginable_buying_power": money(max(e.non_marginable_buying_power(), 0.0)),
+        "effective_buying_power": money(max(e.buying_power(), 0.0)),
+        "cash": money(e.cash), "accrued_fees": "0", "portfolio_value": money(eq), "equity": money(eq),
+        "last_equity": money(e.last_equity), "long_market_value": money(e.long_market_value()),
+        "short_market_value": money(e.short_market_value()), "position_market_value": money(e.market_value()),
+        "initial_margin": money(e.initial_margin()), "maintenance_margin": money(e.maintenance_margin()),
+        "last_maintenance_margin": money(e.last_maintenance_margin), "sma": "0",
+        "multiplier": str(e.multiplier), "shorting_enabled": e.shorting_enabled, "trading_blocked": False,
+        "transfers_blocked": False, "account_blocked": False, "trade_suspended_by_user": False,
+        "pattern_day_trader": False, "daytrade_count": 0, "options_trading_level": 0,
+        "created_at": wire.ts(e.panel.index[0]),
     })
 
 
@@ -253,15 +274,19 @@ async def calendar(request: web.Request) -> web.Response:
     return _json(out)
 
 
-def _asset(symbol: str) -> dict[str, Any]:
-    return {"id": wire.asset_id(symbol), "class": "us_equity", "exchange": "NASDAQ", "symbol": symbol,
-            "name": symbol, "status": "active", "tradable": True, "marginable": False, "shortable": False,
-            "easy_to_borrow": False, "fractionable": True, "attributes": []}
+def _asset(e: SimEngine, symbol: str) -> dict[str, Any]:
+    f = e.flags(symbol)
+    return {"id": wire.asset_id(symbol), "class": "us_equity", "exchange": f.exchange, "symbol": symbol,
+            "name": symbol, "status": "active", "tradable": True, "marginable": f.marginable,
+            "shortable": f.shortable, "easy_to_borrow": f.easy_to_borrow, "fractionable": f.fractionable,
+            "maintenance_margin_requirement": 30 if f.leverage == 1 else {2: 60, 3: 90}.get(f.leverage, 100),
+            "attributes": []}
 
 
 async def assets(request: web.Request) -> web.Response:
-    """GET /v2/assets: the replayed symbols, all tradable and fractionable."""
-    return _json([_asset(s) for s in request.app[ENGINE].panel.symbols])
+    """GET /v2/assets: the replayed symbols with their flags from live.sim.assets."""
+    e = request.app[ENGINE]
+    return _json([_asset(e, s) for s in e.panel.symbols])
 
 
 async def asset(request: web.Request) -> web.Response:
@@ -269,7 +294,7 @@ async def asset(request: web.Request) -> web.Response:
     sym = request.match_info["symbol"].upper()
     if sym not in request.app[ENGINE].panel.symbols:
         raise SimReject(404, wire.CODE_NOT_FOUND, "asset not found")
-    return _json(_asset(sym))
+    return _json(_asset(request.app[ENGINE], sym))
 
 
 def _position(e: SimEngine, sym: str) -> dict[str, Any]:
@@ -278,16 +303,18 @@ def _position(e: SimEngine, sym: str) -> dict[str, Any]:
     last = float(e.lastday_close[e.panel.symbols.index(sym)])
     last = px if last != last else last
     mv, avg = h.qty * px, h.cost / h.qty
+    pl = mv - h.cost
+    plpc = pl / abs(h.cost) if h.cost else 0.0
+    avail = e.available_qty(sym) if h.qty > 0 else -e._cover_available(sym)
     return {
-        "asset_id": wire.asset_id(sym), "symbol": sym, "exchange": "NASDAQ", "asset_class": "us_equity",
-        "asset_marginable": False, "avg_entry_price": wire.num(avg), "qty": wire.num(h.qty), "side": "long",
-        "market_value": wire.num(mv), "cost_basis": wire.num(h.cost), "unrealized_pl": wire.num(mv - h.cost),
-        "unrealized_plpc": wire.num((mv - h.cost) / h.cost if h.cost else 0.0),
-        "unrealized_intraday_pl": wire.num(mv - h.cost),
-        "unrealized_intraday_plpc": wire.num((mv - h.cost) / h.cost if h.cost else 0.0),
+        "asset_id": wire.asset_id(sym), "symbol": sym, "exchange": e.flags(sym).exchange, "asset_class": "us_equity",
+        "asset_marginable": e.flags(sym).marginable, "avg_entry_price": wire.num(avg), "qty": wire.num(h.qty),
+        "side": "long" if h.qty > 0 else "short", "market_value": wire.num(mv), "cost_basis": wire.num(h.cost),
+        "unrealized_pl": wire.num(pl), "unrealized_plpc": wire.num(plpc),
+        "unrealized_intraday_pl": wire.num(pl), "unrealized_intraday_plpc": wire.num(plpc),
         "current_price": wire.num(px), "lastday_price": wire.num(last),
         "change_today": wire.num(px / last - 1.0 if last else 0.0),
-        "qty_available": wire.num(max(e.available_qty(sym), 0.0)),
+        "qty_available": wire.num(max(avail, 0.0) if h.qty > 0 else min(avail, 0.0)),
     }
 
 
@@ -398,6 +425,96 @@ async def cancel_all(request: web.Request) -> web.Response:
     return _json(request.app[ENGINE].cancel_all(), 207)
 
 
+# ------------------------------------------------------------------ activities and portfolio history
+ACTIVITY_TYPES = ("FILL", "FEE", "CSD")  # the kinds the sim produces; any other known kind lists empty
+_KNOWN_ACTIVITY_TYPES = frozenset({"FILL", "TRANS", "MISC", "ACATC", "ACATS", "CFEE", "CIL", "CSD", "CSW", "DIV",
+                                   "DIVCGL", "DIVCGS", "DIVFEE", "DIVFT", "DIVNRA", "DIVROC", "DIVTW", "DIVTXEX",
+                                   "FEE", "INT", "INTNRA", "INTTW", "JNL", "JNLC", "JNLS", "MA", "NC", "OPASN",
+                                   "OPEXP", "OPXRC", "PTC", "PTR", "REORG", "SC", "SSO", "SSP", "SPLIT"})
+
+
+async def activities(request: web.Request) -> web.Response:
+    """GET /v2/account/activities[/{activity_type}]: FILL, FEE and CSD entries, newest first, paged by id."""
+    e = request.app[ENGINE]
+    q = request.query
+    kinds = request.match_info.get("activity_type") or q.get("activity_types") or q.get("activity_type") or ""
+    wanted = {k.strip().upper() for k in kinds.split(",") if k.strip()}
+    unknown = sorted(wanted - _KNOWN_ACTIVITY_TYPES)
+    if unknown:
+        raise SimReject(422, wire.CODE_BAD_REQUEST, f"invalid activity type: {unknown[0]}")
+    direction = q.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise _bad("direction", direction, "asc or desc")
+    page_size = _q_int(q, "page_size", 100)
+    if not 1 <= page_size <= 100:
+        raise _bad("page_size", q.get("page_size"), "1 to 100")
+    date, after, until = _q_time(q, "date"), _q_time(q, "after"), _q_time(q, "until")
+    rows = [a for a in e.activities if not wanted or a["activity_type"] in wanted]
+    if date is not None:
+        day = (date.tz_convert("America/New_York") if date.tz is not None else date).strftime("%Y-%m-%d")
+        rows = [a for a in rows if _activity_day(a) == day]
+    if after is not None:
+        rows = [a for a in rows if a["_t"] > _utc(after)]
+    if until is not None:
+        rows = [a for a in rows if a["_t"] < _utc(until)]
+    if direction == "desc":
+        rows = rows[::-1]
+    token = q.get("page_token")
+    if token:
+        ids = [a["id"] for a in rows]
+        if token not in ids:
+            raise _bad("page_token", token, "not an activity id of this query")
+        rows = rows[ids.index(token) + 1:]
+    return _json([{k: v for k, v in a.items() if k != "_t"} for a in rows[:page_size]])
+
+
+def _activity_day(a: dict[str, Any]) -> str:
+    return a.get("date") or a["_t"].tz_convert("America/New_York").strftime("%Y-%m-%d")
+
+
+_PERIOD_UNITS = {"D": "days", "W": "weeks", "M": "months", "A": "years"}
+_TIMEFRAMES = {"1Min": "1min", "5Min": "5min", "15Min": "15min", "1H": "1h", "1D": "1D"}
+
+
+async def portfolio_history(request: web.Request) -> web.Response:
+    """GET /v2/account/portfolio/history: equity at each closed bar, bucketed by timeframe over a period."""
+    e = request.app[ENGINE]
+    q = request.query
+    period = q.get("period") or "1M"
+    unit = period[-1:].upper()
+    if unit not in _PERIOD_UNITS or not period[:-1].isdigit() or not 0 < int(period[:-1]) <= 1000:
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid period: {period!r} (a number and D, W, M or A)")
+    span = pd.DateOffset(**{_PERIOD_UNITS[unit]: int(period[:-1])})
+    days = {"D": 1, "W": 7, "M": 30, "A": 365}[unit] * int(period[:-1])
+    timeframe = q.get("timeframe") or ("1Min" if days < 7 else "15Min" if days < 30 else "1D")
+    if timeframe not in _TIMEFRAMES:
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid timeframe: {timeframe!r} (1Min, 5Min, 15Min, 1H or 1D)")
+    start, end = _q_time(q, "start"), _q_time(q, "end")
+    date_end = _q_time(q, "date_end")
+    if end is None and date_end is not None:
+        end = pd.Timestamp(date_end.strftime("%Y-%m-%d"), tz="America/New_York") + pd.Timedelta(days=1)
+    end = _utc(end) if end is not None else e.now
+    start = _utc(start) if start is not None else end - span
+    if start > end:
+        raise SimReject(422, wire.CODE_UNPROCESSABLE, "start must be before end")
+    points = [(t, v) for t, v in e.history if start <= t < end]
+    before = [v for t, v in e.history if t < start]
+    base = before[-1] if before else e.start_equity
+    buckets: dict[pd.Timestamp, float] = {}
+    for t, v in points:
+        if timeframe == "1D":
+            key = pd.Timestamp(t.tz_convert("America/New_York").date(), tz="America/New_York")
+        else:
+            key = t.floor(_TIMEFRAMES[timeframe])
+        buckets[key] = v  # the equity at the end of each window, labelled by its start
+    stamps = sorted(buckets)
+    equity = [round(buckets[k], 2) for k in stamps]
+    return _json({"timestamp": [int(k.timestamp()) for k in stamps], "equity": equity,
+                  "profit_loss": [round(v - base, 2) for v in equity],
+                  "profit_loss_pct": [round((v - base) / base, 6) if base else 0.0 for v in equity],
+                  "base_value": round(base, 2), "timeframe": timeframe, "cashflow": {}})
+
+
 # ------------------------------------------------------------------ market data REST
 async def stock_bars(request: web.Request) -> web.Response:
     """GET /v2/stocks/bars: closed 1Min bars only (never a bar from the replay's future), paginated."""
@@ -454,7 +571,7 @@ async def trade_stream(request: web.Request) -> web.WebSocketResponse:
             continue
         try:
             m = json.loads(msg.data)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             m = None
         if not isinstance(m, dict) or not isinstance(m.get("data") or {}, dict):
             await ws.send_bytes(json.dumps({"stream": "error", "data": {"error_message": "invalid json"}}).encode())
@@ -543,6 +660,9 @@ def build_app(hub: Hub) -> web.Application:
     app[HUB] = hub
     r = app.router
     r.add_get("/v2/account", account)
+    r.add_get("/v2/account/activities", activities)
+    r.add_get("/v2/account/activities/{activity_type}", activities)
+    r.add_get("/v2/account/portfolio/history", portfolio_history)
     r.add_get("/v2/clock", clock)
     r.add_get("/v2/calendar", calendar)
     r.add_get("/v2/assets", assets)

@@ -1,4 +1,4 @@
-"""The paper broker's state: replay clock, orders, fills, positions and cash.
+"""The paper broker's state: replay clock, orders, fills, positions, cash and margin.
 
 Pure Python over a `data.bars.Panel`; every fill price comes from strategies/fills.py (the one
 fill model the backtest uses). Timing: bars [0, k) have closed and `now` is the close of bar
@@ -8,17 +8,18 @@ their price or at the open on a gap (no slippage: fills.py's rule); a triggered 
 remainder becomes a market order. Partial fills: each bar lets at most `max_volume_share` of
 its volume (whole shares) trade per symbol, shared by orders in submission order.
 
-Sim choices (documented, not Alpaca's): orders are refused while the market is closed; no
-shorting (a sell needs shares held); no margin (buying power = cash minus open buys); fractional
-quantities are accepted for market orders only; `notional` orders are refused. Buys reserve
-buying power at the last known price (latest close, else the symbol's first open); orders for a
-symbol with no price anywhere in the replay are refused (422 naming it).
+Account (as Alpaca paper): a margin account by default (multiplier 2, 4 when last_equity >=
+$25,000; shorting enabled; Reg T and day-trading buying power as Alpaca documents), or a cash
+account (`SimConfig(account="cash")`: multiplier 1, no shorting, buying power = cash minus open
+buys). Orders sent while the market is closed are accepted and queued for the next session's
+open. Sim choices that differ from Alpaca are listed in the README's paper-broker table.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ import pandas as pd
 
 from data.bars import Panel
 from live.sim import wire
+from live.sim.assets import AssetFlags, flags_for
 from strategies.fills import (
     BUY,
     EXIT_STOP,
@@ -45,9 +47,17 @@ from tierlab.log import get_logger
 log = get_logger(__name__)
 
 MINUTE = pd.Timedelta(minutes=1)
-OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled", "held", "pending_new"})
-ORDER_TYPES = ("market", "limit", "stop", "stop_limit")
-TIFS = ("day", "gtc", "ioc", "fok")
+OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled", "held", "pending_new", "pending_cancel",
+                           "pending_replace"})
+ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
+TIFS = ("day", "gtc", "opg", "cls", "ioc", "fok")
+# which time_in_force each order type takes (Alpaca: opg/cls/ioc/fok for market and limit orders only)
+TIF_BY_TYPE = {"market": TIFS, "limit": TIFS, "stop": ("day", "gtc"), "stop_limit": ("day", "gtc"),
+               "trailing_stop": ("day", "gtc")}
+PDT_EQUITY = 25_000.0  # FINRA's pattern-day-trader minimum: 4x intraday buying power at or above it
+MARGIN_EQUITY = 2_000.0  # below it Alpaca allows neither margin nor shorting (multiplier 1)
+SHORT_PRICE_BUFFER = 1.03  # Alpaca values an opening short at MAX(limit, 3% above the current price)
+CLS_CUTOFF = pd.Timedelta(minutes=10)  # cls orders are refused in the session's last 10 minutes
 
 
 class SimReject(Exception):
@@ -61,13 +71,20 @@ class SimReject(Exception):
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Sim parameters: costs as in the backtest, the starting cash and the volume cap."""
+    """Sim parameters: costs as in the backtest, the starting cash, the volume cap, the account type.
+
+    `exact_prices=True` is for parity replays: it accepts the kernel's exact stop/take-profit levels
+    (Alpaca refuses sub-penny prices) and reports order and fill prices as exact float round-trips
+    instead of Alpaca's decimals (at most 9 places). Leave it off for anything meant to run on Alpaca.
+    """
 
     slippage: float = 0.0005
     fee_per_share: float = 0.0
     fee_per_order: float = 0.0
     initial_cash: float = 100_000.0
     max_volume_share: float = 0.1
+    account: str = "margin"
+    exact_prices: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -76,6 +93,7 @@ class SimConfig:
             "fee_per_order": self.fee_per_order >= 0.0,
             "initial_cash": self.initial_cash > 0.0,
             "max_volume_share": 0.0 < self.max_volume_share <= 1.0,
+            "account": self.account in ("margin", "cash"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -113,6 +131,22 @@ class SimOrder:
     parent: SimOrder | None = None
     siblings: list[SimOrder] = field(default_factory=list)
     updated_at: pd.Timestamp | None = None
+    notional: float | None = None
+    trail_price: float | None = None
+    trail_percent: float | None = None
+    hwm: float | None = None
+    extended_hours: bool = False
+    armed: bool = False  # a held stop-loss leg that works behind its take-profit (Alpaca shows it "held")
+    exact: bool = False  # report prices as exact float round-trips (SimConfig.exact_prices, parity replays)
+
+    @property
+    def trail_stop(self) -> float | None:
+        """A trailing stop's current stop price, from the high-water mark (low-water for a buy)."""
+        if self.hwm is None:
+            return None
+        if self.trail_price is not None:
+            return self.hwm + self.side * self.trail_price
+        return self.hwm * (1.0 + self.side * (self.trail_percent or 0.0) / 100.0)
 
     @property
     def submitted_at(self) -> pd.Timestamp:
@@ -131,16 +165,17 @@ class SimOrder:
 
     @property
     def active(self) -> bool:
-        """True when the order is working at the venue (open and not a held leg)."""
-        return self.is_open and self.status != "held"
+        """True when the order is working at the venue (open, not queued, not a held leg unless armed)."""
+        return self.is_open and self.status != "accepted" and (self.status != "held" or self.armed)
 
 
 @dataclass
 class Holding:
-    """A long position: quantity and total cost."""
+    """A position: signed quantity (negative = short), signed cost, and shares opened this session."""
 
     qty: float = 0.0
     cost: float = 0.0
+    day_qty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,34 +188,48 @@ class StepInfo:
 
 
 class SimEngine:
-    """Replays a Panel bar by bar and runs an Alpaca-like cash account against it."""
+    """Replays a Panel bar by bar and runs an Alpaca-like margin (or cash) account against it."""
 
-    def __init__(self, panel: Panel, config: SimConfig | None = None) -> None:
+    def __init__(self, panel: Panel, config: SimConfig | None = None,
+                 assets: Mapping[str, AssetFlags] | None = None) -> None:
         if len(panel.index) == 0:
             raise ConfigError("the sim needs a panel with at least one bar")
         self.panel = panel
         self.config = config or SimConfig()
+        self.assets = dict(assets or {})
         self.k = 0
         self.now: pd.Timestamp = panel.index[0]
         self.cash = float(self.config.initial_cash)
         self.start_equity = self.cash
+        self.last_equity = self.cash
+        self.last_maintenance_margin = 0.0
         self.holdings: dict[str, Holding] = {}
         self.orders: dict[str, SimOrder] = {}
         self.by_client_id: dict[str, SimOrder] = {}
         self.outbox: list[dict[str, Any]] = []
         self.bars_out: list[dict[str, Any]] = []
+        self.activities: list[dict[str, Any]] = []
+        self.history: list[tuple[pd.Timestamp, float]] = []  # (bar start, equity after the bar closed)
         self._cols = {s: j for j, s in enumerate(panel.symbols)}
         idx = panel.index
         gap = np.ones(len(idx), dtype=bool)
         if len(idx) > 1:
             gap[:-1] = (idx[1:] - idx[:-1]) != MINUTE
         self._last_of_run = gap  # True where a contiguous run of minutes (a session) ends
+        self._first_of_run = np.concatenate([[True], gap[:-1]])
+        ends = np.flatnonzero(gap)
+        self._run_end = ends[np.searchsorted(ends, np.arange(len(idx)))]  # last bar of the run holding bar i
         self.last_close = np.full(len(panel.symbols), np.nan)
         opens = np.asarray(panel.open, dtype=float)
         has_open = ~np.isnan(opens)
         first = has_open.argmax(axis=0)
         self._first_open = np.where(has_open.any(axis=0), opens[first, np.arange(opens.shape[1])], np.nan)
         self.lastday_close = np.full(len(panel.symbols), np.nan)
+        self._activity("CSD", self.cash, description="initial paper account funding")
+
+    def flags(self, symbol: str) -> AssetFlags:
+        """The asset flags of `symbol` (this engine's table, then live.sim.assets.TABLE)."""
+        return flags_for(symbol, self.assets)
 
     # ---------------------------------------------------------------- clock
     @property
@@ -199,6 +248,7 @@ class SimEngine:
             return StepInfo(None, self.now, True)
         if not self.is_open:
             self.now = self.panel.index[self.k]
+            self._open_session()
             return StepInfo(None, self.now, False)
         k = self.k
         self._process_bar(k)
@@ -207,15 +257,27 @@ class SimEngine:
         self.bars_out.extend(self._bar_records(k))
         self.now = self.panel.index[k] + MINUTE
         self.k = k + 1
+        self.history.append((self.panel.index[k], self.equity()))
         if self._last_of_run[k]:
             self._end_session()
         return StepInfo(k, self.now, self.done)
 
+    def _open_session(self) -> None:
+        """At the open, orders queued while the market was closed are routed (pending_new, then new)."""
+        for o in list(self.orders.values()):
+            if o.status == "accepted":
+                o.eligible_bar = self.k
+                self._route(o)
+
     def _end_session(self) -> None:
         for o in list(self.orders.values()):
-            if o.is_open and o.tif == "day":
+            if o.is_open and o.status != "accepted" and o.tif in ("day", "cls", "opg"):
                 self._set_status(o, "expired", "expired")
         self.lastday_close = self.last_close.copy()
+        self.last_equity = self.equity()
+        self.last_maintenance_margin = self.maintenance_margin()
+        for h in self.holdings.values():
+            h.day_qty = 0.0
 
     def _bar_records(self, k: int) -> list[dict[str, Any]]:
         p = self.panel
@@ -252,29 +314,138 @@ class SimEngine:
         q *= 1.0 + self.config.slippage
         return max(q, float(o.stop_price)) if o.type == "stop" else q
 
+    def _opening_value(self, o: SimOrder, held: float | None = None) -> float:
+        """Buying power an order uses: the part that opens or adds to a position (Alpaca's check).
+
+        Buys are valued at their limit (else the last price plus slippage); an opening short at
+        MAX(limit, 3% above the last price). Sells of held shares and buys to cover use none.
+        """
+        held = self.holdings.get(o.symbol, Holding()).qty if held is None else held
+        closing = max(0.0, -held) if o.side == BUY else max(0.0, held)
+        opening = max(0.0, o.remaining - closing)
+        if opening <= 0.0:
+            return 0.0
+        if o.side == BUY:
+            return opening * self._est_price(o)
+        return opening * max(o.limit_price or 0.0, self.quote(o.symbol) * SHORT_PRICE_BUFFER)
+
     def reserved_buy(self, exclude: SimOrder | None = None) -> float:
-        """Cash held for open buy orders (legs held behind a bracket excluded)."""
-        return sum(o.remaining * self._est_price(o) for o in self.orders.values()
-                   if o.active and o.side == BUY and o is not exclude)
+        """Buying power held for open orders that open positions (legs held behind a bracket excluded)."""
+        return sum(self._opening_value(o) for o in self.orders.values()
+                   if o.is_open and o.status != "held" and o is not exclude)
+
+    @property
+    def margin(self) -> bool:
+        """True for a margin account (the default, as Alpaca paper accounts are)."""
+        return self.config.account == "margin"
+
+    @property
+    def multiplier(self) -> int:
+        """Alpaca's buying-power multiplier: 1 cash (or equity < $2,000), 4 at >= $25,000 (PDT-eligible), else 2."""
+        if not self.margin or self.last_equity < MARGIN_EQUITY:
+            return 1
+        return 4 if self.last_equity >= PDT_EQUITY else 2
+
+    @property
+    def shorting_enabled(self) -> bool:
+        """Margin accounts with at least $2,000 equity may sell short (Alpaca's rule)."""
+        return self.margin and self.equity() >= MARGIN_EQUITY
+
+    def _position_value(self, symbol: str, h: Holding) -> float:
+        return h.qty * self.quote(symbol)
+
+    def initial_margin(self) -> float:
+        """Reg T initial margin: 50% of marginable positions, 100% of the rest (cash account: 0)."""
+        if not self.margin:
+            return 0.0
+        return sum(abs(self._position_value(s, h)) * (0.5 if self.flags(s).marginable else 1.0)
+                   for s, h in self.holdings.items())
+
+    def maintenance_margin(self) -> float:
+        """Alpaca's maintenance table: longs 30% (100% under $2.50; 3x/2x ETFs 90%/60%), shorts 30% or $5/share."""
+        if not self.margin:
+            return 0.0
+        total = 0.0
+        for s, h in self.holdings.items():
+            px = self.quote(s)
+            mv = abs(h.qty) * px
+            if h.qty > 0:
+                lev = self.flags(s).leverage
+                rate = 1.0 if px < 2.5 or not self.flags(s).marginable else {3: 0.9, 2: 0.6}.get(lev, 0.3)
+                total += mv * rate
+            elif px < 5.0:
+                total += max(2.5 * abs(h.qty), mv)
+            else:
+                total += max(5.0 * abs(h.qty), 0.3 * mv)
+        return total
+
+    def _day_used(self) -> float:
+        return sum(h.day_qty * abs(h.cost / h.qty) for h in self.holdings.values() if h.qty)
+
+    def regt_buying_power(self) -> float:
+        """Reg T buying power: (equity - initial margin) x 2 less open orders (cash account: cash less open buys)."""
+        if not self.margin:
+            return self.cash - self.reserved_buy()
+        return max(self.equity() - self.initial_margin(), 0.0) * 2.0 - self.reserved_buy()
+
+    def daytrading_buying_power(self) -> float:
+        """4 x (last_equity - last_maintenance_margin), less what today's open positions and orders use; 0 unless PDT."""
+        if self.multiplier != 4:
+            return 0.0
+        base = 4.0 * max(self.last_equity - self.last_maintenance_margin, 0.0)
+        return max(base - self._day_used(), 0.0) - self.reserved_buy()
+
+    def non_marginable_buying_power(self) -> float:
+        """What a non-marginable asset may use: excess equity (cash account: cash) less open orders."""
+        if not self.margin:
+            return self.cash - self.reserved_buy()
+        return max(self.equity() - self.initial_margin(), 0.0) - self.reserved_buy()
 
     def buying_power(self) -> float:
-        """Cash account: cash minus what open buys may spend."""
+        """Alpaca's buying_power: day-trading BP at multiplier 4, Reg T BP at 2, cash less open buys at 1."""
+        m = self.multiplier
+        if m == 4:
+            return self.daytrading_buying_power()
+        if m == 2:
+            return self.regt_buying_power()
         return self.cash - self.reserved_buy()
 
     def available_qty(self, symbol: str, exclude: SimOrder | None = None) -> float:
-        """Shares held minus shares promised to open sells (an OCO pair counts once)."""
+        """Shares held long minus shares promised to open sells (an OCO pair counts once); <= 0 when flat or short."""
         held = self.holdings.get(symbol, Holding()).qty
         promised = sum(o.remaining for o in self.orders.values()
-                       if o.active and o.side == SELL and o.symbol == symbol and o is not exclude
-                       and not (o.siblings and o.type == "stop" and any(s.active for s in o.siblings)))
+                       if o.is_open and o.status not in ("held",) and o.side == SELL and o.symbol == symbol
+                       and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")
+                                                     and any(s.is_open for s in o.siblings)))
+        promised += sum(o.remaining for o in self.orders.values()
+                        if o.status == "held" and o.armed and o.side == SELL and o.symbol == symbol
+                        and o is not exclude and not any(s.is_open for s in o.siblings))
         return held - promised
 
-    def market_value(self) -> float:
+    def _cover_available(self, symbol: str, exclude: SimOrder | None = None) -> float:
+        """Shares short minus shares promised to open buys to cover (0 when long or flat)."""
+        held = self.holdings.get(symbol, Holding()).qty
+        if held >= 0:
+            return 0.0
+        promised = sum(o.remaining for o in self.orders.values()
+                       if o.is_open and o.status != "held" and o.side == BUY and o.symbol == symbol
+                       and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")))
+        return -held - promised
+
+    def long_market_value(self) -> float:
         """Long market value at the last known prices."""
-        return sum(h.qty * self.quote(s) for s, h in self.holdings.items() if h.qty)
+        return sum(h.qty * self.quote(s) for s, h in self.holdings.items() if h.qty > 0)
+
+    def short_market_value(self) -> float:
+        """Short market value (negative) at the last known prices."""
+        return sum(h.qty * self.quote(s) for s, h in self.holdings.items() if h.qty < 0)
+
+    def market_value(self) -> float:
+        """Net market value of all positions."""
+        return self.long_market_value() + self.short_market_value()
 
     def equity(self) -> float:
-        """Cash plus positions at the last known prices."""
+        """Cash plus long market value plus (negative) short market value."""
         return self.cash + self.market_value()
 
     # ---------------------------------------------------------------- submit
@@ -290,17 +461,14 @@ class SimEngine:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be no more than 128 characters")
         if cid in self.by_client_id:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be unique")
-        if body.get("notional") is not None:
-            raise SimReject(422, wire.CODE_UNPROCESSABLE, "notional orders are not supported by the sim")
+        if not symbol:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "symbol is required")
         if symbol not in self._cols:
             raise SimReject(422, wire.CODE_BAD_REQUEST, f'asset "{symbol}" not found')
         if np.isnan(self.quote(symbol)):
             raise SimReject(422, wire.CODE_UNPROCESSABLE,
                             f'asset "{symbol}" has no price in this replay (no bars); the sim cannot take orders for it',
                             symbol=symbol)
-        qty = _float(body.get("qty"), "qty")
-        if qty is None or not qty > 0:
-            raise SimReject(422, wire.CODE_BAD_REQUEST, "qty must be > 0")
         side = {"buy": BUY, "sell": SELL}.get(_text(body, "side"))
         if side is None:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid side {body.get('side')!r}")
@@ -310,33 +478,95 @@ class SimEngine:
         tif = _text(body, "time_in_force")
         if tif not in TIFS:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid time_in_force {tif!r}")
+        if tif not in TIF_BY_TYPE[typ]:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                            f"invalid time_in_force {tif} for {typ} orders (allowed: {', '.join(TIF_BY_TYPE[typ])})")
+        ext = body.get("extended_hours", False)
+        if ext is None:
+            ext = False
+        if not isinstance(ext, bool):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, f"extended_hours must be a boolean, got {ext!r}")
+        if ext and (typ != "limit" or tif != "day"):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, "extended hours order must be DAY limit orders")
+
+        qty = _float(body.get("qty"), "qty")
+        notional = _float(body.get("notional"), "notional")
+        if qty is not None and notional is not None:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "qty and notional cannot both be set")
+        if notional is not None:
+            if not notional >= 1.0:
+                raise SimReject(422, wire.CODE_BAD_REQUEST, "notional must be >= 1")
+            if typ != "market" or tif != "day" or order_class != "simple":
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "notional orders must be simple market day orders")
+            self._check_tick(notional, "notional", cents_only=True)
+        elif qty is None:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "qty or notional is required")
+        elif not qty > 0:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "qty must be > 0")
+        if qty is not None and _off_grid(qty, 9):
+            raise SimReject(422, wire.CODE_BAD_REQUEST, f"qty {wire.num(qty)} has more than 9 decimal places")
+
         limit = _float(body.get("limit_price"), "limit_price")
         stop = _float(body.get("stop_price"), "stop_price")
-        if order_class == "oco" and limit is None:
-            limit = _exit_prices(body)[0]
+        trail_price = _float(body.get("trail_price"), "trail_price")
+        trail_percent = _float(body.get("trail_percent"), "trail_percent")
+        if order_class == "oco":
+            if typ != "limit":
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "oco orders must be limit orders")
+            if limit is None:
+                limit = _exit_prices(body)[0]
         if typ in ("limit", "stop_limit") and not (limit and limit > 0):
             raise SimReject(422, wire.CODE_UNPROCESSABLE, "limit_price is required and must be > 0")
         if typ in ("stop", "stop_limit") and not (stop and stop > 0):
             raise SimReject(422, wire.CODE_UNPROCESSABLE, "stop_price is required and must be > 0")
-        if qty != math.floor(qty) and (typ != "market" or tif != "day" or order_class != "simple"):
-            raise SimReject(422, wire.CODE_UNPROCESSABLE, "fractional orders must be simple market day orders")
-        if not self.is_open:
-            raise SimReject(403, wire.CODE_FORBIDDEN, "market is closed")
+        if typ == "trailing_stop":
+            if (trail_price is None) == (trail_percent is None):
+                raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                                "trailing_stop orders need exactly one of trail_price and trail_percent")
+            if not ((trail_price or 0) > 0 or (trail_percent or 0) > 0) or (trail_percent or 0) >= 100:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "trail_price must be > 0; trail_percent in (0, 100)")
+        for name, v in (("limit_price", limit), ("stop_price", stop), ("trail_price", trail_price)):
+            if v is not None:
+                self._check_tick(v, name)
+        fractional = notional is not None or (qty is not None and qty != math.floor(qty))
+        if fractional:
+            if not self.flags(symbol).fractionable:
+                raise SimReject(403, wire.CODE_FORBIDDEN, f'asset "{symbol}" is not fractionable', symbol=symbol)
+            if typ not in ("market", "limit") or tif != "day" or order_class != "simple":
+                raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                                "fractional orders must be simple market or limit orders with time_in_force day")
+        if tif == "opg" and self.is_open:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                            "opg orders are accepted only while the market is closed (before 09:28 ET)")
+        if tif == "cls" and self.is_open and self._session_close() - self.now < CLS_CUTOFF:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, "cls orders are not accepted after 15:50 ET")
 
-        o = self._new_order(cid, symbol, side, qty, typ, tif, order_class, limit, stop)
+        est_qty = qty if qty is not None else notional / self._est_price_for(symbol, side)
+        o = self._new_order(cid, symbol, side, est_qty, typ, tif, order_class, limit, stop)
+        o.notional, o.trail_price, o.trail_percent, o.extended_hours = notional, trail_price, trail_percent, ext
+        if typ == "trailing_stop":
+            o.hwm = self.quote(symbol)
         if order_class == "oco":
             tp, sl = _exit_prices(body)
+            for name, v in (("take_profit.limit_price", tp), ("stop_loss.stop_price", sl[0]),
+                            ("stop_loss.limit_price", sl[1])):
+                if v is not None:
+                    self._check_tick(v, name)
             o.type, o.limit_price, o.stop_price = "limit", tp, None
             o.legs = [self._new_order(str(uuid.uuid4()), symbol, side, qty, "stop" if sl[1] is None else "stop_limit",
                                       tif, order_class, sl[1], sl[0], parent=o)]
             o.siblings, o.legs[0].siblings = [o.legs[0]], [o]
         elif order_class in ("bracket", "oto"):
             tp, sl = _exit_prices(body, need_both=order_class == "bracket")
-            if side == BUY and tp is not None and sl[0] is not None and not tp > sl[0]:
-                raise SimReject(422, wire.CODE_UNPROCESSABLE,
-                                "take_profit.limit_price must be > stop_loss.stop_price")
+            for name, v in (("take_profit.limit_price", tp), ("stop_loss.stop_price", sl[0]),
+                            ("stop_loss.limit_price", sl[1])):
+                if v is not None:
+                    self._check_tick(v, name)
+            if typ not in ("market", "limit"):
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{order_class} orders must be market or limit orders")
             if tif not in ("day", "gtc"):
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{order_class} orders must be day or gtc")
+            self._check_bracket_levels(o, tp, sl[0])
             if tp is not None:
                 o.legs.append(self._new_order(str(uuid.uuid4()), symbol, -side, qty, "limit", tif,
                                               order_class, tp, None, parent=o, held=True))
@@ -346,13 +576,63 @@ class SimEngine:
                                               sl[1], sl[0], parent=o, held=True))
             if len(o.legs) == 2:
                 o.legs[0].siblings, o.legs[1].siblings = [o.legs[1]], [o.legs[0]]
+        self._check_position_side(o)
         self._check_funds(o)
         self._check_wash(o)
         for x in [o, *o.legs]:
             self.orders[x.id] = x
             self.by_client_id[x.client_order_id] = x
-        self._event("new", o)
+        self._release_or_queue(o)
         return o
+
+    def _check_tick(self, v: float, name: str, cents_only: bool = False) -> None:
+        """Alpaca's tick rule, unless this sim was started for exact-price parity replays."""
+        if not self.config.exact_prices:
+            _check_tick(v, name, cents_only)
+
+    def _est_price_for(self, symbol: str, side: int) -> float:
+        """The price a notional order is sized at before it fills (last price, plus slippage for a buy)."""
+        q = self.quote(symbol)
+        return q * (1.0 + self.config.slippage) if side == BUY else q
+
+    def _session_close(self) -> pd.Timestamp:
+        """When the current session's last bar closes."""
+        return self.panel.index[int(self._run_end[min(self.k, len(self.panel.index) - 1)])] + MINUTE
+
+    def _release_or_queue(self, o: SimOrder) -> None:
+        """Route an order now (pending_new, then new), or queue it (accepted) while the market is closed.
+
+        Extended-hours limit orders are routed at once: they may work outside the regular session.
+        """
+        if self.is_open or o.extended_hours:
+            self._route(o)
+        else:
+            o.status, o.updated_at = "accepted", self.now
+            self._event("accepted", o)
+
+    def _route(self, o: SimOrder) -> None:
+        self._set_status(o, "pending_new", "pending_new")
+        self._set_status(o, "new", "new")
+
+    def _check_bracket_levels(self, o: SimOrder, tp: float | None, sl: float | None) -> None:
+        """Alpaca's rule: take-profit at least $0.01 beyond the base price, stop-loss at least $0.01 short of it."""
+        base = o.limit_price if o.type == "limit" else self.quote(o.symbol)
+        base_txt = wire.num(round(base, 4))
+        cent = 0.01 - 1e-9
+        if o.side == BUY:
+            if tp is not None and not tp >= base + cent:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "take_profit.limit_price must be >= base_price + 0.01",
+                                base_price=base_txt)
+            if sl is not None and not sl <= base - cent:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "stop_loss.stop_price must be <= base_price - 0.01",
+                                base_price=base_txt)
+        else:
+            if tp is not None and not tp <= base - cent:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "take_profit.limit_price must be <= base_price - 0.01",
+                                base_price=base_txt)
+            if sl is not None and not sl >= base + cent:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, "stop_loss.stop_price must be >= base_price + 0.01",
+                                base_price=base_txt)
 
     def _new_order(self, cid: str, symbol: str, side: int, qty: float, typ: str, tif: str, order_class: str,
                    limit: float | None, stop: float | None, parent: SimOrder | None = None,
@@ -361,22 +641,69 @@ class SimEngine:
             id=str(uuid.uuid4()), client_order_id=cid, symbol=symbol, side=side, qty=qty, type=typ, tif=tif,
             order_class=order_class, created_at=self.now, updated_at=self.now, eligible_bar=self.k,
             limit_price=limit, stop_price=stop, parent=parent, status="held" if held else "new",
+            exact=self.config.exact_prices,
         )
 
-    def _check_funds(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
-        if o.side == BUY:
-            cost = o.qty * self._est_price(o)
-            bp = self.cash - self.reserved_buy(exclude=replacing)
-            if not cost <= bp:  # a NaN estimate refuses rather than slipping through
-                raise SimReject(403, wire.CODE_FORBIDDEN, "insufficient buying power",
-                                buying_power=wire.num(round(bp, 2)), cost_basis=wire.num(round(cost, 2)))
-        else:
-            avail = self.available_qty(o.symbol, exclude=replacing)
+    def _check_position_side(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
+        """A sell beyond the shares held long is refused; a sell when flat or short opens a short (margin only)."""
+        held = self.holdings.get(o.symbol, Holding()).qty
+        if replacing is not None and (replacing.parent is not None or replacing.siblings):
+            if o.qty > replacing.remaining + 1e-9:  # an OCO/bracket member's shares are promised once, by its group
+                raise SimReject(403, wire.CODE_FORBIDDEN,
+                                f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
+                                f"available: {wire.num(replacing.remaining)})", symbol=o.symbol)
+            return
+        if o.side == SELL:
+            if o.parent is not None and o.parent.side == BUY and o.parent.order_class != "oco":
+                return  # an exit leg sells what its entry will buy
+            if held > 0 or (o.order_class == "oco" and held >= 0):
+                avail = self.available_qty(o.symbol, exclude=replacing)
+                if o.qty > avail + 1e-9:
+                    raise SimReject(403, wire.CODE_FORBIDDEN,
+                                    f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
+                                    f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
+                return
+            if o.notional is not None:
+                raise SimReject(403, wire.CODE_FORBIDDEN,
+                                f"insufficient qty available for order (requested: notional {wire.num(o.notional)}, "
+                                "available: 0)", symbol=o.symbol)
+            self._check_short(o)
+        elif held < 0:
+            avail = self._cover_available(o.symbol, exclude=replacing)
             if o.qty > avail + 1e-9:
                 raise SimReject(403, wire.CODE_FORBIDDEN,
                                 f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
-                                f"available: {wire.num(max(avail, 0.0))})",
-                                symbol=o.symbol)
+                                f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
+
+    def _check_short(self, o: SimOrder) -> None:
+        """Alpaca's short-sale checks: a shortable, easy-to-borrow (or day-only) whole-share sale on a margin account."""
+        f = self.flags(o.symbol)
+        if not self.shorting_enabled:
+            raise SimReject(403, wire.CODE_FORBIDDEN, "account is not allowed to short", symbol=o.symbol)
+        if not f.shortable:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, f'asset "{o.symbol}" cannot be sold short', symbol=o.symbol)
+        if o.qty != math.floor(o.qty):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, "fractional orders cannot be sold short", symbol=o.symbol)
+        if not f.easy_to_borrow and o.tif != "day":
+            raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                            f"only day orders are allowed for hard-to-borrow asset {o.symbol}", symbol=o.symbol)
+        for x in self.orders.values():
+            if x.active and x.symbol == o.symbol and x.side == BUY and x.parent is None:
+                raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a short sell while a long buy order is open",
+                                symbol=o.symbol, existing_order_id=x.id)
+
+    def _check_funds(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
+        """Buying power for the part of the order that opens a position (Alpaca's buying-power check)."""
+        cost = self._opening_value(o)
+        if cost <= 0.0 and not math.isnan(cost):
+            return
+        bp = self.buying_power() + (self._opening_value(replacing) if replacing is not None
+                                    and replacing.is_open and replacing.status != "held" else 0.0)
+        if not self.flags(o.symbol).marginable and self.margin:
+            bp = min(bp, self.non_marginable_buying_power())
+        if not cost <= bp:  # a NaN estimate refuses rather than slipping through
+            raise SimReject(403, wire.CODE_FORBIDDEN, "insufficient buying power",
+                            buying_power=wire.num(round(bp, 2)), cost_basis=wire.num(round(cost, 2)))
 
     def _check_wash(self, o: SimOrder) -> None:
         """Refuse an order that could trade against one of our own opposite working orders."""
@@ -410,10 +737,11 @@ class SimEngine:
         return o
 
     def cancel(self, order_id: str) -> None:
-        """Cancel an open order (and its legs / OCO partner); 422 when it is no longer open."""
+        """Cancel an open order (pending_cancel, then canceled) with its legs / OCO partner; 422 once closed."""
         o = self.get(order_id)
         if not o.is_open:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"order is not cancelable (status {o.status})")
+        self._set_status(o, "pending_cancel", "pending_cancel")
         for x in [o, *o.legs, *o.siblings]:
             if x.is_open:
                 self._set_status(x, "canceled", "canceled")
@@ -428,86 +756,139 @@ class SimEngine:
         return out
 
     def replace(self, order_id: str, body: dict[str, Any]) -> SimOrder:
-        """PATCH an open limit/stop order: a new order replaces it (events replaced + new)."""
+        """PATCH an open limit/stop order: pending_replace, then a new order replaces it (replaced + new)."""
         body = _body(body)
         o = self.get(order_id)
-        if not o.active or o.type == "market" or o.filled_qty > 0:
+        old_status = o.status
+        if not o.is_open or (o.status == "held" and not o.armed) or o.type == "market" or o.filled_qty > 0:
             raise SimReject(422, wire.CODE_UNPROCESSABLE, f"order is not replaceable (status {o.status}, type {o.type})")
-        qty = _float(body.get("qty"), "qty") or o.qty
-        if not qty > 0:
+        qty = _float(body.get("qty"), "qty")
+        if qty is not None and not qty > 0:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "qty must be > 0")
+        qty = o.qty if qty is None else qty
+        if qty != math.floor(qty) and (o.type not in ("market", "limit") or o.tif != "day"):
+            raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                            "fractional orders must be simple market or limit orders with time_in_force day")
         cid = _text(body, "client_order_id") or str(uuid.uuid4())
         if len(cid) > 128:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be no more than 128 characters")
         if cid in self.by_client_id:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "client_order_id must be unique")
         tif = _text(body, "time_in_force") or o.tif
-        if tif not in TIFS:
-            raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid time_in_force {tif!r}")
-        limit = _float(body.get("limit_price"), "limit_price") or o.limit_price
-        stop = _float(body.get("stop_price"), "stop_price") or o.stop_price
-        if (limit is not None and not limit > 0) or (stop is not None and not stop > 0):
-            raise SimReject(422, wire.CODE_UNPROCESSABLE, "limit_price and stop_price must be > 0")
-        new = self._new_order(cid, o.symbol, o.side, qty, o.type, tif,
-                              o.order_class, limit, stop, parent=o.parent)
-        new.replaces = o.id
+        if tif not in TIFS or tif not in TIF_BY_TYPE[o.type]:
+            raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid time_in_force {tif!r} for {o.type} orders")
+        limit = _float(body.get("limit_price"), "limit_price")
+        stop = _float(body.get("stop_price"), "stop_price")
+        trail = _float(body.get("trail"), "trail")
+        for name, v in (("limit_price", limit), ("stop_price", stop), ("trail", trail)):
+            if v is not None and not v > 0:
+                raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{name} must be > 0")
+            if v is not None and name != "trail":
+                self._check_tick(v, name)
+        limit = o.limit_price if limit is None else limit
+        stop = o.stop_price if stop is None else stop
+        new = self._new_order(cid, o.symbol, o.side, qty, o.type, tif, o.order_class, limit, stop, parent=o.parent)
+        new.replaces, new.extended_hours, new.armed = o.id, o.extended_hours, o.armed
+        new.trail_price, new.trail_percent, new.hwm = o.trail_price, o.trail_percent, o.hwm
+        if trail is not None and o.type == "trailing_stop":
+            if o.trail_price is not None:
+                new.trail_price = trail
+            else:
+                new.trail_percent = trail
+        self._check_position_side(new, replacing=o)
         self._check_funds(new, replacing=o)
         new.siblings = o.siblings
         for s in o.siblings:
             s.siblings = [new if x is o else x for x in s.siblings]
         if o.parent is not None:
             o.parent.legs = [new if x is o else x for x in o.parent.legs]
+        self._set_status(o, "pending_replace", "pending_replace")
         o.replaced_by, o.replaced_at = new.id, self.now
         self._set_status(o, "replaced", "replaced")
         self.orders[new.id] = new
         self.by_client_id[cid] = new
-        self._event("new", new)
+        if old_status == "held":
+            new.status = "held"
+            self._event("new", new)
+        else:
+            self._release_or_queue(new)
         return new
 
     def close_position(self, symbol: str, qty: float | None = None, percentage: float | None = None) -> SimOrder:
-        """Sell (part of) a position at market: DELETE /v2/positions/{symbol}."""
-        h = self.holdings.get(symbol.upper())
-        if h is None or h.qty <= 0:
+        """Close (part of) a long or short position at market: DELETE /v2/positions/{symbol}."""
+        symbol = symbol.upper()
+        h = self.holdings.get(symbol)
+        if h is None or h.qty == 0:
             raise SimReject(404, wire.CODE_NOT_FOUND, "position does not exist")
+        if qty is not None and percentage is not None:
+            raise SimReject(422, wire.CODE_BAD_REQUEST, "only one of qty or percentage may be given")
         if percentage is not None:
-            qty = math.floor(h.qty * percentage / 100.0)
-        qty = h.qty if qty is None else qty
-        return self.submit({"symbol": symbol.upper(), "qty": qty, "side": "sell", "type": "market",
-                            "time_in_force": "day"})
+            if not 0 < percentage <= 100:
+                raise SimReject(422, wire.CODE_BAD_REQUEST, "percentage must be in (0, 100]")
+            qty = math.floor(abs(h.qty) * percentage / 100.0 * 1e9) / 1e9
+        qty = abs(h.qty) if qty is None else qty
+        return self.submit({"symbol": symbol, "qty": qty, "side": "sell" if h.qty > 0 else "buy",
+                            "type": "market", "time_in_force": "day"})
 
     # ---------------------------------------------------------------- fills
     def _process_bar(self, k: int) -> None:
         p, cfg = self.panel, self.config
         room = np.floor(cfg.max_volume_share * np.nan_to_num(p.volume[k]))
         seen: set[str] = set()
+        first, last = bool(self._first_of_run[k]), bool(self._last_of_run[k])
         for o in list(self.orders.values()):
             if o.id in seen or not o.active or o.eligible_bar > k:
                 continue
+            if (o.tif == "opg" and not first) or (o.tif == "cls" and not last):
+                if o.tif == "opg":  # missed its opening auction (e.g. no bar at the open): Alpaca cancels it
+                    self._set_status(o, "canceled", "canceled")
+                continue
             j = self._cols[o.symbol]
             if np.isnan(p.close[k, j]):
+                if o.tif in ("opg", "cls"):
+                    self._set_status(o, "canceled", "canceled")
                 continue  # no bar for this symbol: the order waits for the next bar that exists
-            op, hi, lo = float(p.open[k, j]), float(p.high[k, j]), float(p.low[k, j])
+            op, hi, lo, cl = float(p.open[k, j]), float(p.high[k, j]), float(p.low[k, j]), float(p.close[k, j])
             group = [o, *o.siblings]
             seen.update(x.id for x in group)
-            target, price = self._group_fill(group, op, hi, lo) if o.siblings else (o, self._fill_price(o, op, hi, lo))
+            if o.tif == "cls":  # the closing auction: the session's last bar's close
+                target, price = o, (market_fill_price_nb(cl, o.side, cfg.slippage) if o.type == "market"
+                                    else limit_fill_price_nb(o.side, o.limit_price, cl, cl, cl))
+            elif o.siblings:
+                target, price = self._group_fill(group, op, hi, lo)
+            else:
+                target, price = o, self._fill_price(o, op, hi, lo)
             if target is not None and not np.isnan(price):
                 target.triggered = True
+                if target.notional is not None and target.filled_qty == 0:
+                    target.qty = self._notional_qty(target, price)
                 qty = min(target.remaining, room[j]) if target.tif != "fok" else target.remaining
                 if target.tif == "fok" and target.remaining > room[j]:
                     qty = 0.0
                 if qty > 0:
                     room[j] -= qty
                     self._fill(target, qty, price, k)
-            if o.tif in ("ioc", "fok") and o.is_open:
+            elif o.type == "trailing_stop" and o.hwm is not None:  # not triggered: the mark follows the price
+                o.hwm = max(o.hwm, hi) if o.side == SELL else min(o.hwm, lo)
+            if o.tif in ("ioc", "fok", "opg", "cls") and o.is_open:
                 self._set_status(o, "canceled", "canceled")
 
+    def _notional_qty(self, o: SimOrder, price: float) -> float:
+        """Shares a notional order buys (or sells) at `price`, rounded down to 9 decimals."""
+        q = math.floor(o.notional / price * 1e9) / 1e9
+        if o.side == SELL:
+            q = min(q, max(self.holdings.get(o.symbol, Holding()).qty, 0.0))
+        return q
+
     def _fill_price(self, o: SimOrder, op: float, hi: float, lo: float) -> float:
-        if o.type == "market" or (o.triggered and o.type == "stop"):
+        if o.type == "market" or (o.triggered and o.type in ("stop", "trailing_stop")):
             return market_fill_price_nb(op, o.side, self.config.slippage)
         if o.type == "limit":
             return limit_fill_price_nb(o.side, o.limit_price, op, hi, lo)
         if o.type == "stop":
             return stop_fill_price_nb(o.side, o.stop_price, op, hi, lo)
+        if o.type == "trailing_stop":
+            return stop_fill_price_nb(o.side, o.trail_stop, op, hi, lo)
         if o.triggered:
             return limit_fill_price_nb(o.side, o.limit_price, op, hi, lo)
         return stop_limit_fill_price_nb(o.side, o.stop_price, o.limit_price, op, hi, lo)
@@ -534,16 +915,23 @@ class SimEngine:
         cfg = self.config
         fees = order_fee_nb(qty, cfg.fee_per_share, cfg.fee_per_order if o.filled_qty == 0 else 0.0)
         h = self.holdings.setdefault(o.symbol, Holding())
-        if o.side == BUY:
-            self.cash -= qty * price + fees
-            h.qty += qty
-            h.cost += qty * price
-        else:
-            avg = h.cost / h.qty if h.qty else 0.0
-            self.cash += qty * price - fees
-            h.qty -= qty
-            h.cost = 0.0 if h.qty <= 1e-9 else h.cost - avg * qty
-        if h.qty <= 1e-9:
+        before = h.qty
+        signed = o.side * qty
+        self.cash -= signed * price + fees
+        if h.qty == 0 or (h.qty > 0) == (signed > 0):  # open or add
+            h.qty += signed
+            h.cost += signed * price
+            h.day_qty += qty
+        else:  # reduce, close, or (never by submit's checks) cross through zero
+            closing = min(qty, abs(h.qty))
+            avg = h.cost / h.qty
+            h.qty += o.side * closing
+            h.cost = 0.0 if abs(h.qty) <= 1e-9 else h.cost + o.side * closing * avg
+            h.day_qty = max(h.day_qty - closing, 0.0)
+            rest = qty - closing
+            if rest > 1e-12:
+                h.qty, h.cost, h.day_qty = o.side * rest, o.side * rest * price, rest
+        if abs(h.qty) <= 1e-9:
             self.holdings.pop(o.symbol, None)
         o.filled_avg_price = price if o.filled_qty == 0 else (
             (o.filled_avg_price * o.filled_qty + price * qty) / (o.filled_qty + qty))
@@ -553,19 +941,45 @@ class SimEngine:
         done = o.remaining <= 1e-9
         self._set_status(o, "filled" if done else "partially_filled", "fill" if done else "partial_fill",
                          price=price, qty=qty)
+        self._activity("FILL", order=o, price=price, qty=qty, short=o.side == SELL and before <= 0, done=done)
+        if fees > 0:
+            self._activity("FEE", -fees, symbol=o.symbol, description=f"order fees ({o.id})")
         for s in o.siblings:  # the OCO partner: gone on a full fill, shrunk on a partial one
             if s.is_open:
                 if done:
                     self._set_status(s, "canceled", "canceled")
                 else:
                     s.qty = s.filled_qty + o.remaining
-        if o.parent is None and o.legs and o.order_class in ("bracket", "oto"):
+        if o.parent is None and o.legs and o.order_class in ("bracket", "oto") and done:
             for leg in o.legs:
-                if leg.status == "held" and done:
-                    leg.eligible_bar = k + 1
+                if leg.status == "held" and not leg.armed:
+                    leg.eligible_bar, leg.armed = k + 1, True
+                    if leg.siblings and leg.type in ("stop", "stop_limit"):
+                        continue  # Alpaca shows the stop-loss leg "held" while its take-profit works
                     self._set_status(leg, "new", "new")
 
-    # ---------------------------------------------------------------- events
+    # ---------------------------------------------------------------- activities and events
+    def _activity(self, kind: str, amount: float = 0.0, *, order: SimOrder | None = None, price: float = 0.0,
+                  qty: float = 0.0, short: bool = False, done: bool = False, symbol: str | None = None,
+                  description: str = "") -> None:
+        """Record one /v2/account/activities entry (FILL, FEE, CSD)."""
+        t = self.panel.index[self.k] if order is not None and not self.done else self.now
+        aid = f"{pd.Timestamp(t).tz_convert('UTC').strftime('%Y%m%d%H%M%S%f')[:17]}::{uuid.uuid4()}"
+        if kind == "FILL":
+            o = order
+            self.activities.append({
+                "id": aid, "account_id": wire.ACCOUNT_ID, "activity_type": "FILL", "transaction_time": wire.ts(o.filled_at),
+                "type": "fill" if done else "partial_fill", "price": wire.num(price, exact=o.exact), "qty": wire.num(qty),
+                "side": "buy" if o.side == BUY else ("sell_short" if short else "sell"), "symbol": o.symbol,
+                "leaves_qty": wire.num(max(o.remaining, 0.0)), "order_id": o.id, "cum_qty": wire.num(o.filled_qty),
+                "order_status": o.status, "_t": o.filled_at})
+            return
+        day = self.panel.index[min(self.k, len(self.panel.index) - 1)].tz_convert("America/New_York")
+        self.activities.append({
+            "id": aid, "account_id": wire.ACCOUNT_ID, "activity_type": kind, "date": day.strftime("%Y-%m-%d"),
+            "net_amount": wire.num(round(amount, 4)), "description": description, "status": "executed",
+            **({"symbol": symbol} if symbol else {}), "_t": pd.Timestamp(t)})
+
     def _set_status(self, o: SimOrder, status: str, event: str, **extra: Any) -> None:
         o.status, o.updated_at = status, self.now
         if status == "canceled":
@@ -578,7 +992,7 @@ class SimEngine:
         h = self.holdings.get(o.symbol)
         data: dict[str, Any] = {"event": event, "timestamp": wire.ts(self.now), "order": wire.order_json(o)}
         if price is not None:
-            data.update(execution_id=str(uuid.uuid4()), price=wire.num(price), qty=wire.num(qty),
+            data.update(execution_id=str(uuid.uuid4()), price=wire.num(price, exact=o.exact), qty=wire.num(qty),
                         position_qty=wire.num(h.qty if h else 0.0))
         self.outbox.append(data)
         log.info("order_event", ticker=o.symbol, client_order_id=o.client_order_id, status=o.status,
@@ -592,12 +1006,27 @@ class SimEngine:
         return ev, bars
 
 
+def _off_grid(v: float, places: int) -> bool:
+    """True when `v` has more than `places` decimals (float noise of a typed decimal tolerated)."""
+    scaled = v * 10**places
+    if not math.isfinite(scaled) or abs(scaled) >= 1e15:
+        return False  # no float this large carries a fraction to check
+    return abs(scaled - round(scaled)) > 1e-6
+
+
+def _check_tick(v: float, name: str, cents_only: bool = False) -> None:
+    """Alpaca's minimum price increment: $0.01 at or above $1.00, $0.0001 below (422 naming the field)."""
+    if _off_grid(v, 2 if (v >= 1.0 or cents_only) else 4):
+        raise SimReject(422, wire.CODE_UNPROCESSABLE,
+                        f"invalid {name} {wire.num(v)}. sub-penny increment does not fulfill minimum pricing criteria")
+
+
 def _float(x: Any, name: str) -> float | None:
     if x is None or x == "":
         return None
     try:
         v = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         v = float("nan")
     if isinstance(x, bool) or not math.isfinite(v):
         raise SimReject(422, wire.CODE_BAD_REQUEST, f"{name} must be a number, got {x!r}")

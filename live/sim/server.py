@@ -12,13 +12,14 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from data.bars import Panel
 from live.sim.app import Hub, build_app
+from live.sim.assets import AssetFlags
 from live.sim.engine import SimConfig, SimEngine
 from live.sim.ratelimit import RateLimiter
 from tierlab.errors import ConfigError
@@ -44,7 +45,10 @@ def loopback_host(host: str) -> str:
 
 
 def sim_keys(api_key: str | None = None, secret_key: str | None = None) -> tuple[str, str]:
-    """The sim's key pair: explicit values, else SIM_API_KEY/SIM_SECRET_KEY, else the test defaults."""
+    """The sim's key pair: explicit values (in-process callers), else SIM_API_KEY/SIM_SECRET_KEY, else the defaults.
+
+    The defaults are published in the README: fit for a sim on loopback, never for anything reachable.
+    """
     return (api_key or os.environ.get("SIM_API_KEY") or DEFAULT_KEY,
             secret_key or os.environ.get("SIM_SECRET_KEY") or DEFAULT_SECRET)
 
@@ -58,7 +62,8 @@ class SimServer:
     def __init__(self, panel: Panel, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  speed: float = 0.0, api_key: str | None = None, secret_key: str | None = None,
                  rate_limit: int = 200, rate_window_s: float = 60.0,
-                 clock: Callable[[], float] | None = None, bars_page_limit: int = 10_000) -> None:
+                 clock: Callable[[], float] | None = None, bars_page_limit: int = 10_000,
+                 assets: Mapping[str, AssetFlags] | None = None) -> None:
         self.host = loopback_host(host)
         self.port = port
         self.speed = float(speed)
@@ -66,7 +71,7 @@ class SimServer:
             raise ConfigError(f"speed must be >= 0 (0 = step mode), got {speed!r}")
         self.api_key, self.secret_key = sim_keys(api_key, secret_key)
         limiter = RateLimiter(rate_limit, rate_window_s, clock) if clock else RateLimiter(rate_limit, rate_window_s)
-        self.engine = SimEngine(panel, config)
+        self.engine = SimEngine(panel, config, assets)
         if bars_page_limit < 1:
             raise ConfigError(f"bars_page_limit must be >= 1, got {bars_page_limit!r}")
         self.hub = Hub(self.engine, self.api_key, self.secret_key, limiter, bars_page_limit)

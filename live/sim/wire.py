@@ -6,11 +6,11 @@ Money and quantities are strings in Alpaca's JSON; times are RFC 3339 UTC. Pure 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ CODE_UNPROCESSABLE = 42210000
 CODE_RATE_LIMIT = 42910000
 CODE_INTERNAL = 50010000
 
+ACCOUNT_ID = "5c1f4b0e-0000-4000-8000-000000000001"
 _ASSET_NS = uuid.UUID("6f1b6c1e-6a39-4c65-9a54-7d3c0a1b2c3d")
 
 
@@ -40,11 +41,24 @@ def ts(t: pd.Timestamp | None) -> str | None:
     return pd.Timestamp(t).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def num(x: float | None) -> str | None:
-    """A money/quantity field as Alpaca sends it: a decimal string (None stays None)."""
-    if x is None or (isinstance(x, float) and np.isnan(x)):
+def num(x: float | None, exact: bool = False) -> str | None:
+    """A money/quantity field as Alpaca sends it: a decimal string with at most 9 decimals, no float noise.
+
+    0.1 + 0.2 -> "0.3", 10.0 -> "10", 1e-12 -> "0"; None, NaN and infinities -> None (never a crash).
+    `exact` (parity replays only) gives the float's shortest round-trip text instead.
+    """
+    if x is None:
         return None
-    return repr(float(x)) if float(x) != int(x) else str(int(x))
+    try:
+        v = float(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(v):
+        return None
+    if exact:
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    text = f"{v:.9f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def error_body(code: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -70,23 +84,23 @@ def order_json(o: SimOrder, nested: bool = True) -> dict[str, Any]:
         "asset_id": asset_id(o.symbol),
         "symbol": o.symbol,
         "asset_class": "us_equity",
-        "notional": None,
-        "qty": num(o.qty),
+        "notional": num(o.notional),
+        "qty": None if (o.notional is not None and o.filled_qty == 0) else num(o.qty),
         "filled_qty": num(o.filled_qty),
-        "filled_avg_price": num(o.filled_avg_price) if o.filled_qty > 0 else None,
+        "filled_avg_price": num(o.filled_avg_price, o.exact) if o.filled_qty > 0 else None,
         "order_class": o.order_class,
         "order_type": o.type,
         "type": o.type,
         "side": "buy" if o.side > 0 else "sell",
         "time_in_force": o.tif,
-        "limit_price": num(o.limit_price),
-        "stop_price": num(o.stop_price),
+        "limit_price": num(o.limit_price, o.exact),
+        "stop_price": num(o.trail_stop if o.type == "trailing_stop" else o.stop_price, o.exact),
         "status": o.status,
-        "extended_hours": False,
+        "extended_hours": o.extended_hours,
         "legs": [order_json(leg) for leg in o.legs] if (nested and o.legs) else None,
-        "trail_percent": None,
-        "trail_price": None,
-        "hwm": None,
+        "trail_percent": num(o.trail_percent),
+        "trail_price": num(o.trail_price),
+        "hwm": num(o.hwm),
     }
 
 
