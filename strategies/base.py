@@ -42,6 +42,8 @@ class RunResult:
     decisions:     (K, T, N) int8 decision codes, or None when not recorded (large sweeps)
     reason_counts: (K, len(DECISION_NAMES)) int64 totals per decision code
     extras:        named per-set arrays a strategy adds (e.g. token wants/overflows per tier)
+    decision_scores: (K, T, N) the score behind a decision where it is not the symbol's own score
+                   (an inverse ETF decided by its basket: the basket's mean score), NaN elsewhere
     """
 
     index: pd.DatetimeIndex
@@ -55,6 +57,7 @@ class RunResult:
     scores: np.ndarray | None = None
     params: Sequence[Any] = ()
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    decision_scores: np.ndarray | None = None
 
     @property
     def n_sets(self) -> int:
@@ -79,7 +82,10 @@ class RunResult:
         )
 
     def decisions_frame(self, set_: int = 0) -> pd.DataFrame:
-        """Non-trivial decisions of one set as long rows (time, symbol, reason, score)."""
+        """Non-trivial decisions of one set as long rows (time, symbol, reason, score).
+
+        An inverse ETF's basket decision carries its basket's mean score.
+        """
         if self.decisions is None:
             raise ValueError("decisions were not recorded; run with record=True")
         d = self.decisions[set_]
@@ -91,8 +97,12 @@ class RunResult:
                 "reason": np.asarray(DECISION_NAMES, dtype=object)[d[t, j]],
             }
         )
-        if self.scores is not None:
-            out["score"] = self.scores[t, j]
+        if self.scores is not None or self.decision_scores is not None:
+            own = self.scores[t, j] if self.scores is not None else np.full(len(t), np.nan)
+            if self.decision_scores is not None:
+                ds = self.decision_scores[set_][t, j]
+                own = np.where(np.isnan(ds), own, ds)
+            out["score"] = own
         return out
 
     def reason_table(self) -> pd.DataFrame:

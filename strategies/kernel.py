@@ -4,10 +4,13 @@
 driven over history by `run_nb` (parameter sets side by side with prange) and, bar by bar, by the
 live runner and by `walk_py` (a plain Python loop over the same compiled step, used by tests).
 
-Timing, per bar t (SPEC §0, §5b): a new New York session resets the daily counters; pending market
-orders fill at bar t's open (plus slippage) for symbols with a bar; resting stops / take-profits
-are checked inside bar t; the book is marked at t's close; then the rules decide at t's close and
-leave market orders pending for the next bar that exists for their symbol.
+Timing, per bar t (SPEC §0, §5b): a new New York session resets the daily counters; first every
+pending market order of every symbol with a bar fills at bar t's open (plus slippage), then the
+resting stops / take-profits are checked inside bar t (so cash an in-bar stop frees never pays a
+fill at that open, whatever the column order); the book is marked at t's close; then the rules
+decide at t's close and leave market orders pending for the next bar that exists for their symbol.
+A position's max hold counts from its fill (bar t's open); every order in an ETF starts its lock
+(market orders at their decision close, stops / take-profits at the close of the bar they filled in).
 """
 
 from __future__ import annotations
@@ -124,13 +127,25 @@ def new_state_nb(n_sym: int, n_baskets: int, init_cash: float) -> State:
 
 
 @njit(cache=True, inline="always")
+def mark_price_nb(state: State, j: int) -> float:
+    """A position's price for the book: its last close, else its entry (a position found at the
+    broker before any bar), else 0 (no price known at all: the book stays a number)."""
+    px = state.sf[j, SF_LAST]
+    if math.isnan(px):
+        px = state.sf[j, SF_ENTRY]
+    if math.isnan(px):
+        return 0.0
+    return px
+
+
+@njit(cache=True, inline="always")
 def equity_nb(state: State) -> float:
     """Cash plus every position at its last known close."""
     eq = state.f[F_CASH]
     for j in range(state.sf.shape[0]):
         q = state.sf[j, SF_QTY]
         if q != 0.0:
-            eq += q * state.sf[j, SF_LAST]
+            eq += q * mark_price_nb(state, j)
     return eq
 
 
@@ -196,9 +211,11 @@ def _local_bar_nb(close_epoch: np.ndarray, epoch: int) -> int:
 @njit(cache=True, inline="always")
 def _fill_phase_nb(
     state: State, t: int, o: np.ndarray, h: np.ndarray, low: np.ndarray, close_epoch: np.ndarray,
-    p: np.ndarray, stats: np.ndarray, ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray,
+    bar_open: int, p: np.ndarray, s: Structure, stats: np.ndarray, ob_i: np.ndarray, ob_f: np.ndarray,
+    n_orders: np.ndarray,
 ) -> None:
-    """Fill pending market orders at this bar's open, then check resting stops and take-profits."""
+    """Fill every symbol's pending market order at this bar's open, then check resting stops and
+    take-profits inside the bar (SPEC §5b: cash an in-bar stop frees is not there at the open)."""
     for j in range(o.shape[0]):
         if math.isnan(o[j]):
             continue
@@ -221,21 +238,29 @@ def _fill_phase_nb(
                     state.sf[j, SF_COST] = qty * price + fee
                     state.sf[j, SF_STOP] = price * (1.0 - p[P_SL])
                     state.sf[j, SF_TP] = price * (1.0 + p[P_TP])
-                    state.si[j, SI_ENTRY_T] = close_epoch[t]
+                    state.si[j, SI_ENTRY_T] = bar_open  # max hold counts from the fill
                     _record_order_nb(ob_i, ob_f, n_orders, stats, t, dec, j, BUY, qty, price, fee, reason)
             elif state.sf[j, SF_QTY] > 0:
                 price = market_fill_price_nb(o[j], SELL, p[P_SLIP])
                 _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, dec, reason)
-        if state.sf[j, SF_QTY] > 0:
-            code, price = bracket_exit_long_nb(o[j], h[j], low[j], state.sf[j, SF_STOP], state.sf[j, SF_TP])
-            if code != EXIT_NONE:
-                reason = C.ORDER_STOP if code == EXIT_STOP else C.ORDER_TAKE_PROFIT
-                _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, t - 1, reason)
+    for j in range(o.shape[0]):
+        if math.isnan(o[j]) or state.sf[j, SF_QTY] <= 0:
+            continue
+        code, price = bracket_exit_long_nb(o[j], h[j], low[j], state.sf[j, SF_STOP], state.sf[j, SF_TP])
+        if code != EXIT_NONE:
+            reason = C.ORDER_STOP if code == EXIT_STOP else C.ORDER_TAKE_PROFIT
+            _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, t - 1, reason)
+            if s.tier[j] == C.TIER_ETF:
+                state.si[j, SI_LAST_ORDER] = close_epoch[t]  # the ETF lock follows every order in the ETF
 
 
 @njit(cache=True, inline="always")
 def _book_nb(state: State, p: np.ndarray) -> tuple[int, float, float]:
-    """(open or pending positions, exposure, risk to stop) of the book, pending entries included."""
+    """(open or pending positions, exposure, risk to stop) of the book, pending entries included.
+
+    A position with no known stop (found at the broker) risks qty * price * stop_loss_pct (SPEC §5),
+    so the sum is always a number.
+    """
     n_open = 0
     exposure = 0.0
     risk = 0.0
@@ -245,8 +270,14 @@ def _book_nb(state: State, p: np.ndarray) -> tuple[int, float, float]:
         last = state.sf[j, SF_LAST]
         if q > 0:
             n_open += 1
-            exposure += q * last
-            risk += q * max(state.sf[j, SF_ENTRY] - state.sf[j, SF_STOP], 0.0)
+            px = mark_price_nb(state, j)
+            exposure += q * px
+            stop = state.sf[j, SF_STOP]
+            entry = state.sf[j, SF_ENTRY]
+            if math.isnan(stop) or math.isnan(entry):
+                risk += q * px * p[P_SL]
+            else:
+                risk += q * max(entry - stop, 0.0)
         elif pend > 0:
             n_open += 1
             exposure += pend * last
@@ -297,24 +328,28 @@ def _entry_nb(
 
 
 @njit(cache=True, inline="always")
-def _exit_nb(state: State, j: int, now: int, reason: int) -> None:
-    """Leave a market exit pending for a held position (exits pass every gate)."""
+def _exit_nb(state: State, j: int, now: int, reason: int) -> bool:
+    """Leave a market exit pending for a held position (exits pass every gate); True if placed."""
     if state.sf[j, SF_QTY] > 0 and state.sf[j, SF_PENDING] >= 0:
         state.sf[j, SF_PENDING] = -state.sf[j, SF_QTY]
         state.si[j, SI_PEND_REASON] = reason
         state.si[j, SI_PEND_DEC] = now
+        return True
+    return False
 
 
 @njit(cache=True)
 def step_nb(
     state: State, t: int, o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray,
-    score: np.ndarray, event: np.ndarray, close_epoch: np.ndarray, day: int, mtc: int,
-    p: np.ndarray, s: Structure, decisions: np.ndarray, counts: np.ndarray, stats: np.ndarray,
-    ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray, fresh: np.ndarray,
+    score: np.ndarray, event: np.ndarray, close_epoch: np.ndarray, bar_open: int, day: int, mtc: int,
+    p: np.ndarray, s: Structure, decisions: np.ndarray, dscore: np.ndarray, counts: np.ndarray,
+    stats: np.ndarray, ob_i: np.ndarray, ob_f: np.ndarray, n_orders: np.ndarray, fresh: np.ndarray,
 ) -> None:
     """Advance one parameter set by one bar (row t of the inputs; `close_epoch` is the run's (T,)
-    array of bar closes). Writes one decision code per symbol into `decisions` (N,), adds to
-    `counts` (per code) and `stats`, and appends fills to the order buffers.
+    array of bar closes, `bar_open` this bar's start epoch). Writes one decision code per symbol
+    into `decisions` (N,) and, for an inverse ETF decided by its basket, the basket's mean score
+    into `dscore` (N,) (NaN elsewhere); adds to `counts` (per code) and `stats`, and appends fills
+    to the order buffers.
     """
     n_sym = o.shape[0]
     now = close_epoch[t]
@@ -337,7 +372,7 @@ def step_nb(
                     state.si[j, SI_PEND_DEC] = NEVER
                     stats[ST_CANCELED] += 1
     # -- fills at the open, stops and take-profits inside the bar
-    _fill_phase_nb(state, t, o, h, low, close_epoch, p, stats, ob_i, ob_f, n_orders)
+    _fill_phase_nb(state, t, o, h, low, close_epoch, bar_open, p, s, stats, ob_i, ob_f, n_orders)
     # -- mark at the close
     for j in range(n_sym):
         if not math.isnan(c[j]):
@@ -348,15 +383,19 @@ def step_nb(
         state.i[I_LOSS_HIT] = 1  # latched: no new entries for the rest of the session (SPEC §5)
     for j in range(n_sym):
         decisions[j] = C.NOT_EVALUATED
+        dscore[j] = np.nan
         fresh[j] = False
     # -- exits that pass every gate: flatten before the close, max hold
     for j in range(n_sym):
         if state.sf[j, SF_QTY] <= 0:
             continue
+        placed = False
         if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
-            _exit_nb(state, j, now, C.ORDER_FLATTEN)
+            placed = _exit_nb(state, j, now, C.ORDER_FLATTEN)
         elif p[P_MAX_HOLD] > 0 and now - state.si[j, SI_ENTRY_T] >= p[P_MAX_HOLD] * 60:
-            _exit_nb(state, j, now, C.ORDER_MAX_HOLD)
+            placed = _exit_nb(state, j, now, C.ORDER_MAX_HOLD)
+        if placed and s.tier[j] == C.TIER_ETF:
+            state.si[j, SI_LAST_ORDER] = now  # the ETF lock follows every order in the ETF
     # -- token buckets refill at the start of each minute
     minute = now // 60
     if minute != state.i[I_MINUTE]:
@@ -422,8 +461,8 @@ def step_nb(
     # -- baskets: route a joint fall to the inverse ETF, sell it when the basket turns
     for b in range(s.basket_members.shape[0]):
         bp = s.basket_params[b]
-        ticked, short, long_ = basket_condition_nb(score, fresh, s.basket_members[b], int(bp[BK_MIN]), bp[BK_NEG],
-                                                   bp[BK_THR])
+        ticked, short, long_, mean = basket_condition_nb(score, fresh, s.basket_members[b], int(bp[BK_MIN]),
+                                                         bp[BK_NEG], bp[BK_THR])
         if not ticked:
             continue  # too few fresh members: not a tick, the run of ticks neither grows nor breaks
         state.bi[b, 0] = advance_ticks_nb(state.bi[b, 0], short)
@@ -434,6 +473,7 @@ def step_nb(
                 _exit_nb(state, e, now, C.ORDER_BASKET_EXIT)
                 state.si[e, SI_LAST_ORDER] = now  # the ETF lock follows every order in the ETF
                 decisions[e] = C.EXIT_SIGNAL
+                dscore[e] = mean
                 counts[C.EXIT_SIGNAL] += 1
             continue
         if state.bi[b, 0] < bp[BK_CONSEC]:
@@ -449,20 +489,22 @@ def step_nb(
         if code == C.ACTIONABLE:
             state.si[e, SI_LAST_ORDER] = now
         decisions[e] = code
+        dscore[e] = mean
         counts[code] += 1
 
 
 @njit(cache=True, parallel=True)
 def run_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, scores: np.ndarray,
-    events: np.ndarray, close_epoch: np.ndarray, day: np.ndarray, mtc: np.ndarray, pmat: np.ndarray,
-    s: Structure, init_cash: float, record_decisions: bool, order_capacity: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    events: np.ndarray, close_epoch: np.ndarray, open_epoch: np.ndarray, day: np.ndarray, mtc: np.ndarray,
+    pmat: np.ndarray, s: Structure, init_cash: float, record_decisions: bool, order_capacity: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray]:
     """Run every parameter set (rows of `pmat`) over all bars, side by side (prange over sets).
 
     Returns equity (T, K), cash (T, K), decisions (K, T, N) (or (K, 1, N) when not recorded),
-    counts (K, codes), stats (K, N_STATS), order ints (K, cap, 5), order floats (K, cap, 3) and
-    order counts (K,).
+    counts (K, codes), stats (K, N_STATS), order ints (K, cap, 5), order floats (K, cap, 3),
+    order counts (K,) and the basket mean scores of basket decisions (K, T, N) (or (K, 1, N)).
     """
     t_total, n_sym = c.shape
     n_sets = pmat.shape[0]
@@ -471,6 +513,7 @@ def run_nb(
     cash = np.empty((t_total, n_sets))
     dec_t = t_total if record_decisions else 1
     decisions = np.zeros((n_sets, dec_t, n_sym), dtype=np.int8)
+    dscores = np.full((n_sets, dec_t, n_sym), np.nan)
     counts = np.zeros((n_sets, C.N_DECISIONS), dtype=np.int64)
     stats = np.zeros((n_sets, N_STATS))
     ob_i = np.zeros((n_sets, order_capacity, 5), dtype=np.int64)
@@ -480,12 +523,14 @@ def run_nb(
         state = new_state_nb(n_sym, n_b, init_cash)
         p = pmat[k]
         dec_row = np.zeros(n_sym, dtype=np.int8)
+        dscore_row = np.full(n_sym, np.nan)
         fresh = np.zeros(n_sym, dtype=np.bool_)
         for t in range(t_total):
-            step_nb(state, t, o[t], h[t], low[t], c[t], scores[t], events[t], close_epoch, day[t], mtc[t],
-                    p, s, dec_row, counts[k], stats[k], ob_i[k], ob_f[k], n_orders[k], fresh)
+            step_nb(state, t, o[t], h[t], low[t], c[t], scores[t], events[t], close_epoch, open_epoch[t], day[t],
+                    mtc[t], p, s, dec_row, dscore_row, counts[k], stats[k], ob_i[k], ob_f[k], n_orders[k], fresh)
             if record_decisions:
                 decisions[k, t] = dec_row
+                dscores[k, t] = dscore_row
             equity[t, k] = equity_nb(state)
             cash[t, k] = state.f[F_CASH]
-    return equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0]
+    return equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0], dscores

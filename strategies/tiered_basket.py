@@ -33,7 +33,10 @@ STRUCTURE_FIELDS = ("tier_a", "tier_b", "tier_bench", "inverse_etfs", "other_etf
 
 @dataclass(frozen=True)
 class BarInputs:
-    """Everything the kernel reads, as aligned arrays over the panel's bars (T) and symbols (N)."""
+    """Everything the kernel reads, as aligned arrays over the panel's bars (T) and symbols (N).
+
+    `open_epoch` (each bar's start, epoch seconds) is derived from `index` when not given.
+    """
 
     index: pd.DatetimeIndex
     symbols: tuple[str, ...]
@@ -46,6 +49,12 @@ class BarInputs:
     close_epoch: np.ndarray
     day: np.ndarray
     minutes_to_close: np.ndarray
+    open_epoch: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.open_epoch is None:
+            start = pd.DatetimeIndex(self.index).as_unit("s").asi8.astype(np.int64)
+            object.__setattr__(self, "open_epoch", start)
 
 
 def param_matrix(params_list: Sequence[Params]) -> np.ndarray:
@@ -190,7 +199,7 @@ class TieredBasketStrategy(Strategy):
     ) -> RunResult:
         """Run the kernel on prepared (or hand-made) inputs; all sets share `inputs.scores`."""
         plist = list(params_list) if params_list is not None else [self.params]
-        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders = run_arrays(
+        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders, dscores = run_arrays(
             inputs, plist, structure(plist[0]), init_cash, record)
         orders = np.concatenate([_orders(k, ob_i[k], ob_f[k], int(n_orders[k])) for k in range(len(plist))])
         extras = {name: stats[:, i] for i, name in enumerate(K.STAT_NAMES)}
@@ -199,7 +208,7 @@ class TieredBasketStrategy(Strategy):
         return RunResult(
             index=inputs.index, symbols=inputs.symbols, init_cash=float(init_cash), orders=orders, equity=equity,
             cash=cash, reason_counts=counts, decisions=decisions if record else None, scores=inputs.scores,
-            params=plist, extras=extras,
+            params=plist, extras=extras, decision_scores=dscores if record else None,
         )
 
     # ---- the bar-by-bar driver ----------------------------------------------------------------
@@ -220,8 +229,9 @@ class TieredBasketStrategy(Strategy):
         fresh = np.zeros(n, dtype=np.bool_)
         for r, t in enumerate(range(start, stop)):
             K.step_nb(state, t, inputs.open[t], inputs.high[t], inputs.low[t], inputs.close[t], inputs.scores[t],
-                      inputs.events[t], inputs.close_epoch, inputs.day[t], inputs.minutes_to_close[t], p, st,
-                      log.decisions[r], log.counts, log.stats, ob_i, ob_f, n_orders, fresh)
+                      inputs.events[t], inputs.close_epoch, int(inputs.open_epoch[t]), inputs.day[t],
+                      inputs.minutes_to_close[t], p, st, log.decisions[r], log.basket_scores[r], log.counts,
+                      log.stats, ob_i, ob_f, n_orders, fresh)
             log.equity[r] = K.equity_nb(state)
             log.cash[r] = state.f[K.F_CASH]
         log.orders = _orders(0, ob_i, ob_f, int(n_orders[0]))
@@ -257,7 +267,10 @@ class TieredBasketStrategy(Strategy):
 
 @dataclass
 class WalkLog:
-    """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders."""
+    """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders.
+
+    basket_scores: (bars, N) the basket mean score behind each inverse-ETF decision (NaN elsewhere).
+    """
 
     decisions: np.ndarray
     equity: np.ndarray
@@ -265,12 +278,14 @@ class WalkLog:
     counts: np.ndarray
     stats: np.ndarray
     orders: np.ndarray
+    basket_scores: np.ndarray
 
     @classmethod
     def empty(cls, n_bars: int, n_sym: int) -> WalkLog:
         """Zeroed buffers for n_bars bars."""
         return cls(np.zeros((n_bars, n_sym), dtype=np.int8), np.zeros(n_bars), np.zeros(n_bars),
-                   np.zeros(C.N_DECISIONS, dtype=np.int64), np.zeros(K.N_STATS), np.zeros(0, dtype=ORDER_DTYPE))
+                   np.zeros(C.N_DECISIONS, dtype=np.int64), np.zeros(K.N_STATS), np.zeros(0, dtype=ORDER_DTYPE),
+                   np.full((n_bars, n_sym), np.nan))
 
 
 def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cash: float, record: bool) -> tuple:
@@ -280,8 +295,8 @@ def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cas
     capacity = 64 + 24 * n_days
     while True:
         out = K.run_nb(inputs.open, inputs.high, inputs.low, inputs.close, inputs.scores, inputs.events,
-                       inputs.close_epoch, inputs.day, inputs.minutes_to_close, pmat, st, float(init_cash),
-                       record, capacity)
+                       inputs.close_epoch, inputs.open_epoch, inputs.day, inputs.minutes_to_close, pmat, st,
+                       float(init_cash), record, capacity)
         fills = out[4][:, K.ST_FILLS]
         if fills.max(initial=0) <= capacity:
             return out
@@ -306,7 +321,7 @@ def _merge(results: list[tuple[list[int], RunResult]], plist: list[Params]) -> R
         index=first.index, symbols=first.symbols, init_cash=first.init_cash, orders=np.concatenate(orders),
         equity=pick("equity", 1), cash=pick("cash", 1), reason_counts=pick("reason_counts", 0),
         decisions=pick("decisions", 0) if first.decisions is not None else None, scores=None, params=plist,
-        extras=extras,
+        extras=extras, decision_scores=pick("decision_scores", 0) if first.decision_scores is not None else None,
     )
 
 
@@ -331,7 +346,8 @@ def risk_summary(state: K.State, p: Params) -> dict[str, Any]:
     n_open, exposure, risk = K._book_nb(state, pv)
     current = risk / equity if equity > 0 else float("inf")
     day_loss = 1.0 - equity / state.f[K.F_DAY_START_EQ] if state.f[K.F_DAY_START_EQ] > 0 else 0.0
-    blocked = current >= p.max_concurrent_risk or day_loss >= p.daily_loss_limit or n_open >= p.max_positions
+    blocked = (not np.isfinite(current) or current >= p.max_concurrent_risk or day_loss >= p.daily_loss_limit
+               or n_open >= p.max_positions)
     warning = current >= 0.75 * p.max_concurrent_risk or day_loss >= 0.75 * p.daily_loss_limit
     kelly = float(kelly_fraction_nb(int(state.i[K.I_N_CLOSED]), int(state.i[K.I_N_WINS]),
                                     float(state.f[K.F_SUM_WIN]), float(state.f[K.F_SUM_LOSS])))

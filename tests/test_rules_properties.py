@@ -139,6 +139,15 @@ def test_no_decision_breaks_a_limit(seed: int, values: dict) -> None:
         buys = orders[(orders["col"] == e) & (orders["reason"] == C.ORDER_BASKET_ENTRY)]
         gaps = np.diff(inputs.close_epoch[buys["decision_bar"]])
         assert (gaps >= p.etf_lock_s).all()
+        # ... and every order in the ETF starts the lock: a market order at its decision close, a stop or
+        # take-profit at the close of the bar it filled in (SPEC §6)
+        mine = orders[orders["col"] == e]
+        resting = np.isin(mine["reason"], (C.ORDER_STOP, C.ORDER_TAKE_PROFIT))
+        starts = inputs.close_epoch[np.where(resting, mine["bar"], mine["decision_bar"])]
+        for b in buys:
+            d = inputs.close_epoch[b["decision_bar"]]
+            others = starts[(starts <= d) & ~((mine["decision_bar"] == b["decision_bar"]) & ~resting)]
+            assert (d - others >= p.etf_lock_s).all(), "a basket entry inside the lock of an earlier ETF order"
 
 
 @SETTINGS
