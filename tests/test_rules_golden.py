@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strategies.params import Params
+from strategies.params import SESSION_RULES_OFF, Params
 from strategies.tiered_basket import BarInputs, TieredBasketStrategy
 
 GOLDEN = Path(__file__).parent / "golden"
 # the issue-13 rules, off: the delta applies all session, no rollback trigger, no hard rollback
-RULES_OFF: dict[str, object] = {}
+RULES_OFF: dict[str, object] = SESSION_RULES_OFF
 
 
 def golden_inputs() -> BarInputs:
