@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 from kernel_fixtures import decision, make_inputs, strategy
 
@@ -263,3 +264,17 @@ def test_presets_carry_the_session_rules_of_spec_8() -> None:
     assert (r.hard_rollback_at, r.llm_min_score, r.rollback_llm_min_score) == ("11:30", 0.6, 0.65)
     assert (r.rollback_cooldown_s, r.rollback_lock_s, r.rollback_delta_shrink) == (150.0, 120.0, 0.5)
     assert (r.rollback_stop_rate, r.rollback_flip_rate, r.rollback_overflow_a, r.llm_surge_calls) == (0.4, 0.25, 0.15, 30)
+
+
+def test_triggers_of_several_score_models_keep_their_set() -> None:
+    from data.sample import generate_panel
+    from strategies.params import Params
+
+    panel = generate_panel("2024-11-04", "2024-11-05")
+    r = Params.preset("relaxed")
+    plist = [r, r.replace(mom_window=20)]
+    both = TieredBasketStrategy(r).run(panel, plist)
+    alone = TieredBasketStrategy(r).run(panel, [plist[1]])
+    assert len(alone.triggers) > 0
+    got = both.triggers_frame(1).drop(columns="set").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, alone.triggers_frame(0).drop(columns="set").reset_index(drop=True))
