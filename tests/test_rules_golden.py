@@ -40,3 +40,13 @@ def test_rules_off_reproduce_the_golden_orders(mode: str) -> None:
     assert got == want  # every field, prices and fees to the last bit
     assert res.reason_counts[0].tolist() == gold["reason_counts"]
     assert float(res.equity[-1, 0]) == gold["final_equity"]
+
+
+def test_the_default_preset_trades_as_before_with_the_session_rules_on() -> None:
+    """Default mode relaxes nothing, so its triggers fire without changing a value: same orders."""
+    gold = json.loads((GOLDEN / "kernel_orders.json").read_text())["modes"]["default"]
+    params = Params.build(gold["params"], source="golden")
+    assert params.rollback_1h and params.rollback_2h and params.delta_window
+    res = TieredBasketStrategy(params).run_inputs(golden_inputs())
+    assert len(res.triggers) > 0 and set(res.triggers_frame(0)["changed"]) == {"none"}
+    assert [tuple(o) for o in res.orders.tolist()] == [tuple(o) for o in gold["orders"]]
