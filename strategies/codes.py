@@ -69,6 +69,12 @@ ORDER_REASON_NAMES: dict[int, str] = {
     ORDER_SIGNAL: "signal",
 }
 
+# --- session events (SPEC §8): rollback triggers and the hard rollback time ---------------------
+TRIGGER_1H = 1  # 1 h window: stop-out rate or flip-flop rate
+TRIGGER_2H = 2  # 2 h window: LLM call surge or Tier-A token overflow
+TRIGGER_HARD = 3  # the hard rollback time: every relaxed value back to its default
+TRIGGER_NAMES: dict[int, str] = {TRIGGER_1H: "rollback_1h", TRIGGER_2H: "rollback_2h", TRIGGER_HARD: "hard_rollback"}
+
 # token tiers (bucket index)
 TIER_A = 0
 TIER_B = 1

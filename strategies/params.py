@@ -15,12 +15,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tierlab.errors import ConfigError
 
 MODES = ("default", "relaxed")
 ENV_PREFIX = "TIERLAB_"
+RELAXED_FIELDS = ("cutoff_delta", "cooldown_s", "direction_lock_s", "reserve_fallback", "llm_min_score")
+
+
+def minute_of_day(hhmm: str) -> int | None:
+    """'09:30' -> 570 (minutes after New York midnight); None when not a time HH:MM in 00:00..24:00."""
+    parts = hhmm.split(":")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) == 2 for p in parts):
+        return None
+    h, m = int(parts[0]), int(parts[1])
+    if m >= 60 or h * 60 + m > 24 * 60:
+        return None
+    return h * 60 + m
 
 
 class Basket(BaseModel):
@@ -114,9 +126,40 @@ class Params(BaseModel):
     fee_per_share: float = Field(0.0, ge=0, description="fees per share")
     fee_per_order: float = Field(0.0, ge=0, description="fees per order")
 
-    # --- LLM gate (SPEC §7; used by the live runner) ---
+    # --- LLM gate (SPEC §7; used by the live runner; the kernel keeps its rolled-back value) ---
     llm_min_score: float = Field(0.7, ge=0, le=1, description="|score| needed to ask the LLM")
     llm_daily_limit: int = Field(120, ge=0, description="LLM calls per day")
+
+    # --- session rules (SPEC §3, §8): the delta's test window, rollback triggers, hard rollback ---
+    # Times are New York clock "HH:MM" of the decision (the bar's close), windows half-open [start, end).
+    delta_window: bool = Field(True, description="False: cutoff_delta applies all session (no test window)")
+    delta_start: str = Field("09:30", description="New York time the cutoff delta starts applying")
+    delta_end: str = Field("11:30", description="New York time the cutoff delta stops applying")
+    hard_rollback_at: str = Field("", description="New York time every relaxed value returns to default; '' = off")
+    rollback_1h: bool = Field(True, description="1 h trigger: stop-out rate or flip-flop rate")
+    rollback_2h: bool = Field(True, description="2 h trigger: LLM call surge or Tier-A token overflow")
+    rollback_1h_window_min: int = Field(60, ge=1, le=180, description="trailing window of the 1 h trigger")
+    rollback_2h_window_min: int = Field(120, ge=1, le=180, description="trailing window of the 2 h trigger")
+    rollback_min_actionable: int = Field(5, ge=0, description="signals in the window before the stop-out rate counts")
+    rollback_stop_rate: float = Field(0.4, gt=0, le=1, description="stop exits / closed entries that fires 1 h")
+    rollback_flip_rate: float = Field(0.25, gt=0, le=1, description="flip-flops / signals that fires 1 h")
+    flip_window_s: float = Field(600.0, ge=0, description="a reversal within this is a flip-flop")
+    llm_surge_calls: int = Field(30, ge=0, description="more LLM calls than this in the 2 h window fires 2 h")
+    rollback_overflow_a: float = Field(0.15, gt=0, le=1,
+                                       description="mean per-minute Tier-A overflow rate (minutes with Tier-A wants) firing 2 h")
+    rollback_delta_shrink: float = Field(0.5, ge=0, le=1, description="1 h: a negative cutoff_delta times this")
+    rollback_cooldown_s: float = Field(150.0, ge=0, description="1 h: cooldown at least this")
+    rollback_lock_s: float = Field(120.0, ge=0, description="1 h: direction lock at least this")
+    rollback_llm_min_score: float = Field(0.65, ge=0, le=1, description="2 h: llm_min_score at least this")
+
+    @field_validator("delta_start", "delta_end", "hard_rollback_at")
+    @classmethod
+    def _hhmm(cls, v: str, info: Any) -> str:
+        if v == "" and info.field_name == "hard_rollback_at":
+            return v
+        if minute_of_day(v) is None:
+            raise ValueError(f"must be a New York time HH:MM between 00:00 and 24:00, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -146,6 +189,8 @@ class Params(BaseModel):
                     raise ValueError(f"conflicts: pair ({a}, {b}) names {s}, which is not in the universe")
             if a == b:
                 raise ValueError(f"conflicts: pair ({a}, {b}) pairs a ticker with itself")
+        if minute_of_day(self.delta_start) >= minute_of_day(self.delta_end):  # type: ignore[operator]
+            raise ValueError(f"delta_start {self.delta_start} must be before delta_end {self.delta_end}")
         if self.cutoff + self.cutoff_delta <= 0:
             raise ValueError(
                 f"cutoff + cutoff_delta must be > 0, got cutoff={self.cutoff} cutoff_delta={self.cutoff_delta}"
@@ -241,12 +286,15 @@ class Params(BaseModel):
 
 
 _RELAXED = {"mode": "relaxed", "cutoff_delta": -0.03, "cooldown_s": 120.0, "direction_lock_s": 90.0,
-            "reserve_fallback": True, "llm_min_score": 0.6}
+            "reserve_fallback": True, "llm_min_score": 0.6, "hard_rollback_at": "11:30"}
 _PRESETS: dict[str, dict[str, Any]] = {"default": {"mode": "default"}, "relaxed": _RELAXED}
 
-# Rollback values of SPEC §8 (applied by the live runner when a trigger fires).
+# Rollback values of SPEC §8 (the defaults of the rollback_* fields, which the kernel applies).
 ROLLBACK_1H = {"cutoff_delta_shrink": 0.5, "direction_lock_s": 120.0, "cooldown_s": 150.0}
 ROLLBACK_2H = {"llm_min_score": 0.65, "reserve_fallback": False}
+# The issue-13 session rules switched off: the cutoff delta all session, no trigger, no hard rollback.
+SESSION_RULES_OFF: dict[str, Any] = {"delta_window": False, "rollback_1h": False, "rollback_2h": False,
+                                     "hard_rollback_at": ""}
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:

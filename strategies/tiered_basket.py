@@ -19,9 +19,9 @@ import pandas as pd
 from data.bars import Panel
 from strategies import codes as C
 from strategies import kernel as K
-from strategies.base import ORDER_DTYPE, RunResult, Strategy
+from strategies.base import ORDER_DTYPE, TRIGGER_DTYPE, RunResult, Strategy, triggers_frame
 from strategies.intents import OrderIntent
-from strategies.params import Params
+from strategies.params import RELAXED_FIELDS, Params, minute_of_day
 from strategies.rules.risk import kelly_fraction_nb
 from strategies.score import score_nb, volume_spikes_nb
 from strategies.space import Constraint, FloatParam, IntParam
@@ -33,7 +33,12 @@ STRUCTURE_FIELDS = ("tier_a", "tier_b", "tier_bench", "inverse_etfs", "other_etf
 
 @dataclass(frozen=True)
 class BarInputs:
-    """Everything the kernel reads, as aligned arrays over the panel's bars (T) and symbols (N)."""
+    """Everything the kernel reads, as aligned arrays over the panel's bars (T) and symbols (N).
+
+    Derived when not given: `open_epoch` (each bar's start, epoch seconds) from `index`;
+    `ny_minute` (New York minute of day of each bar's close, the decision clock of the session
+    rules) from `close_epoch`; `llm_calls` (LLM calls made at each bar, for the surge trigger) zeros.
+    """
 
     index: pd.DatetimeIndex
     symbols: tuple[str, ...]
@@ -46,15 +51,40 @@ class BarInputs:
     close_epoch: np.ndarray
     day: np.ndarray
     minutes_to_close: np.ndarray
+    open_epoch: np.ndarray | None = None
+    ny_minute: np.ndarray | None = None
+    llm_calls: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.open_epoch is None:
+            start = pd.DatetimeIndex(self.index).as_unit("s").asi8.astype(np.int64)
+            object.__setattr__(self, "open_epoch", start)
+        if self.ny_minute is None:
+            object.__setattr__(self, "ny_minute", ny_minute_of_day(self.close_epoch))
+        if self.llm_calls is None:
+            object.__setattr__(self, "llm_calls", np.zeros(len(self.close_epoch), dtype=np.int64))
+        elif len(self.llm_calls) != len(self.close_epoch):
+            raise ConfigError(f"llm_calls has {len(self.llm_calls)} rows, the bars {len(self.close_epoch)}")
+
+
+def ny_minute_of_day(epoch: np.ndarray) -> np.ndarray:
+    """New York minute of day (0..1440) of each epoch second: 15:30:00 EDT or EST -> 930."""
+    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(epoch, dtype=np.int64), unit="s", utc=True)).tz_convert(
+        "America/New_York")
+    return (t.hour * 60 + t.minute).to_numpy().astype(np.int64)
 
 
 def param_matrix(params_list: Sequence[Params]) -> np.ndarray:
     """The (K, P) float matrix of scalar parameters the kernel reads (kernel.P_NAMES order)."""
     rows = []
+    defaults = Params.preset("default")
     for p in params_list:
         d = p.model_dump()
-        d["cutoff_eff"] = p.effective_cutoff
-        d["strong_cut"] = p.effective_cutoff + p.strong_margin
+        d["delta_start_min"] = minute_of_day(p.delta_start)
+        d["delta_end_min"] = minute_of_day(p.delta_end)
+        d["hard_rollback_min"] = minute_of_day(p.hard_rollback_at) if p.hard_rollback_at else -1
+        for name in RELAXED_FIELDS:
+            d[f"default_{name}"] = getattr(defaults, name)
         rows.append([float(d[name]) for name in K.P_NAMES])
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), K.N_PARAMS)
 
@@ -190,16 +220,21 @@ class TieredBasketStrategy(Strategy):
     ) -> RunResult:
         """Run the kernel on prepared (or hand-made) inputs; all sets share `inputs.scores`."""
         plist = list(params_list) if params_list is not None else [self.params]
-        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders = run_arrays(
+        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders, dscores, toks, ev_f, n_ev = run_arrays(
             inputs, plist, structure(plist[0]), init_cash, record)
         orders = np.concatenate([_orders(k, ob_i[k], ob_f[k], int(n_orders[k])) for k in range(len(plist))])
+        triggers = np.concatenate([_triggers(k, ev_f[k], int(n_ev[k])) for k in range(len(plist))])
         extras = {name: stats[:, i] for i, name in enumerate(K.STAT_NAMES)}
         extras["token_wants"] = stats[:, K.ST_WANT_A:K.ST_WANT_R + 1]
         extras["token_overflows"] = stats[:, K.ST_OVER_A:K.ST_OVER_R + 1]
+        if record:  # per bar and tier: the numbers the overflow trigger read (RunResult.token_minutes_frame)
+            extras["token_wants_bar"] = toks[:, :, :3]
+            extras["token_overflows_bar"] = toks[:, :, 3:]
         return RunResult(
             index=inputs.index, symbols=inputs.symbols, init_cash=float(init_cash), orders=orders, equity=equity,
             cash=cash, reason_counts=counts, decisions=decisions if record else None, scores=inputs.scores,
-            params=plist, extras=extras,
+            params=plist, extras=extras, decision_scores=dscores if record else None, triggers=triggers,
+            close_epoch=inputs.close_epoch,
         )
 
     # ---- the bar-by-bar driver ----------------------------------------------------------------
@@ -213,19 +248,38 @@ class TieredBasketStrategy(Strategy):
         st = structure(self.params)
         n = len(inputs.symbols)
         stop = len(inputs.index) if stop is None else stop
-        log = WalkLog.empty(stop - start, n)
+        log = WalkLog.empty(stop - start, n, inputs.close_epoch)
         ob_i = np.zeros((4 * (stop - start) + 16, 5), dtype=np.int64)
         ob_f = np.zeros((4 * (stop - start) + 16, 3))
         n_orders = np.zeros(1, dtype=np.int64)
+        ev_f = np.zeros((K.EVENTS_PER_SESSION * (len(np.unique(inputs.day[start:stop])) + 1), K.N_EV))
+        n_ev = np.zeros(1, dtype=np.int64)
         fresh = np.zeros(n, dtype=np.bool_)
         for r, t in enumerate(range(start, stop)):
             K.step_nb(state, t, inputs.open[t], inputs.high[t], inputs.low[t], inputs.close[t], inputs.scores[t],
-                      inputs.events[t], inputs.close_epoch, inputs.day[t], inputs.minutes_to_close[t], p, st,
-                      log.decisions[r], log.counts, log.stats, ob_i, ob_f, n_orders, fresh)
+                      inputs.events[t], inputs.close_epoch, int(inputs.open_epoch[t]), inputs.day[t],
+                      inputs.minutes_to_close[t], int(inputs.ny_minute[t]), int(inputs.llm_calls[t]), p, st,
+                      log.decisions[r], log.basket_scores[r], log.tokens[r], log.counts, log.stats, ob_i, ob_f,
+                      n_orders, ev_f, n_ev, fresh)
             log.equity[r] = K.equity_nb(state)
             log.cash[r] = state.f[K.F_CASH]
         log.orders = _orders(0, ob_i, ob_f, int(n_orders[0]))
+        log.triggers = _triggers(0, ev_f, int(n_ev[0]))
         return log
+
+    def effective(self, state: K.State, day: int | None = None) -> dict[str, Any]:
+        """The session's effective values in `state` (after rollback triggers / the hard rollback):
+        cutoff_delta (before its time window), cooldown_s, direction_lock_s, reserve_fallback and
+        llm_min_score (the LLM gate reads this one). For a state not yet stepped, or whose last step
+        was another session than `day`, the parameters' own values (a new session starts from them).
+        """
+        p = self.params
+        if int(state.i[K.I_DAY]) < 0 or (day is not None and int(state.i[K.I_DAY]) != int(day)):
+            return {name: getattr(p, name) for name in RELAXED_FIELDS}
+        f = state.f
+        return {"cutoff_delta": float(f[K.F_E_DELTA]), "cooldown_s": float(f[K.F_E_COOLDOWN]),
+                "direction_lock_s": float(f[K.F_E_LOCK]), "reserve_fallback": bool(f[K.F_E_FALLBACK] > 0),
+                "llm_min_score": float(f[K.F_E_LLM_MIN])}
 
     def intents(self, state: K.State) -> list[OrderIntent]:
         """The market orders the step left pending at the last bar's close, as broker intents.
@@ -257,7 +311,12 @@ class TieredBasketStrategy(Strategy):
 
 @dataclass
 class WalkLog:
-    """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders."""
+    """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders.
+
+    basket_scores: (bars, N) the basket mean score behind each inverse-ETF decision (NaN elsewhere).
+    tokens:        (bars, 6) token wants of Tier A, B, Reserve, then their overflows, per bar.
+    triggers:      session events (rollback triggers, hard rollback) as TRIGGER_DTYPE rows.
+    """
 
     decisions: np.ndarray
     equity: np.ndarray
@@ -265,12 +324,21 @@ class WalkLog:
     counts: np.ndarray
     stats: np.ndarray
     orders: np.ndarray
+    basket_scores: np.ndarray
+    tokens: np.ndarray
+    triggers: np.ndarray
 
     @classmethod
-    def empty(cls, n_bars: int, n_sym: int) -> WalkLog:
+    def empty(cls, n_bars: int, n_sym: int, close_epoch: np.ndarray | None = None) -> WalkLog:
         """Zeroed buffers for n_bars bars."""
         return cls(np.zeros((n_bars, n_sym), dtype=np.int8), np.zeros(n_bars), np.zeros(n_bars),
-                   np.zeros(C.N_DECISIONS, dtype=np.int64), np.zeros(K.N_STATS), np.zeros(0, dtype=ORDER_DTYPE))
+                   np.zeros(C.N_DECISIONS, dtype=np.int64), np.zeros(K.N_STATS), np.zeros(0, dtype=ORDER_DTYPE),
+                   np.full((n_bars, n_sym), np.nan), np.zeros((n_bars, K.N_TOK), dtype=np.int64),
+                   np.zeros(0, dtype=TRIGGER_DTYPE))
+
+    def triggers_frame(self) -> pd.DataFrame:
+        """The session events of this walk as a table (see RunResult.triggers_frame)."""
+        return triggers_frame(self.triggers)
 
 
 def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cash: float, record: bool) -> tuple:
@@ -280,8 +348,9 @@ def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cas
     capacity = 64 + 24 * n_days
     while True:
         out = K.run_nb(inputs.open, inputs.high, inputs.low, inputs.close, inputs.scores, inputs.events,
-                       inputs.close_epoch, inputs.day, inputs.minutes_to_close, pmat, st, float(init_cash),
-                       record, capacity)
+                       inputs.close_epoch, inputs.open_epoch, inputs.day, inputs.minutes_to_close, inputs.ny_minute,
+                       inputs.llm_calls, pmat, st, float(init_cash), record, capacity,
+                       K.EVENTS_PER_SESSION * (n_days + 1))
         fills = out[4][:, K.ST_FILLS]
         if fills.max(initial=0) <= capacity:
             return out
@@ -306,8 +375,18 @@ def _merge(results: list[tuple[list[int], RunResult]], plist: list[Params]) -> R
         index=first.index, symbols=first.symbols, init_cash=first.init_cash, orders=np.concatenate(orders),
         equity=pick("equity", 1), cash=pick("cash", 1), reason_counts=pick("reason_counts", 0),
         decisions=pick("decisions", 0) if first.decisions is not None else None, scores=None, params=plist,
-        extras=extras,
+        extras=extras, decision_scores=pick("decision_scores", 0) if first.decision_scores is not None else None,
+        triggers=np.concatenate([_reset_set(where[k][0].triggers, where[k][1], k) for k in range(n)]),
+        close_epoch=first.close_epoch,
     )
+
+
+def _reset_set(rows: np.ndarray | None, local: int, k: int) -> np.ndarray:
+    if rows is None:
+        return np.zeros(0, dtype=TRIGGER_DTYPE)
+    out = rows[rows["set"] == local].copy()
+    out["set"] = k
+    return out
 
 
 def _orders(set_: int, ob_i: np.ndarray, ob_f: np.ndarray, n: int) -> np.ndarray:
@@ -324,6 +403,23 @@ def _orders(set_: int, ob_i: np.ndarray, ob_f: np.ndarray, n: int) -> np.ndarray
     return out
 
 
+def _triggers(set_: int, ev_f: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(int(n), dtype=TRIGGER_DTYPE)
+    out["set"] = set_
+    e = ev_f[:n]
+    for name, col in (("bar", K.EV_BAR), ("time", K.EV_TIME), ("kind", K.EV_KIND), ("window_min", K.EV_WINDOW_MIN),
+                      ("actionable", K.EV_ACT), ("flip_flops", K.EV_FLIP), ("closed", K.EV_CLOSED),
+                      ("stop_exits", K.EV_STOPS), ("llm_calls", K.EV_LLM), ("overflow_a", K.EV_OVER_A),
+                      ("minutes", K.EV_MINUTES), ("cutoff_delta_before", K.EV_DELTA_B),
+                      ("cutoff_delta_after", K.EV_DELTA_A), ("cooldown_s_before", K.EV_COOL_B),
+                      ("cooldown_s_after", K.EV_COOL_A), ("direction_lock_s_before", K.EV_LOCK_B),
+                      ("direction_lock_s_after", K.EV_LOCK_A), ("llm_min_score_before", K.EV_LLM_B),
+                      ("llm_min_score_after", K.EV_LLM_A), ("reserve_fallback_before", K.EV_FB_B),
+                      ("reserve_fallback_after", K.EV_FB_A)):
+        out[name] = e[:, col]
+    return out
+
+
 def risk_summary(state: K.State, p: Params) -> dict[str, Any]:
     """current_risk_pct, max_risk_pct, risk_status, remaining_capacity, ... of SPEC §5."""
     pv = param_matrix([p])[0]
@@ -331,7 +427,8 @@ def risk_summary(state: K.State, p: Params) -> dict[str, Any]:
     n_open, exposure, risk = K._book_nb(state, pv)
     current = risk / equity if equity > 0 else float("inf")
     day_loss = 1.0 - equity / state.f[K.F_DAY_START_EQ] if state.f[K.F_DAY_START_EQ] > 0 else 0.0
-    blocked = current >= p.max_concurrent_risk or day_loss >= p.daily_loss_limit or n_open >= p.max_positions
+    blocked = (not np.isfinite(current) or current >= p.max_concurrent_risk or day_loss >= p.daily_loss_limit
+               or n_open >= p.max_positions)
     warning = current >= 0.75 * p.max_concurrent_risk or day_loss >= 0.75 * p.daily_loss_limit
     kelly = float(kelly_fraction_nb(int(state.i[K.I_N_CLOSED]), int(state.i[K.I_N_WINS]),
                                     float(state.f[K.F_SUM_WIN]), float(state.f[K.F_SUM_LOSS])))
@@ -361,4 +458,8 @@ def state_to_bytes(state: K.State) -> bytes:
 def state_from_bytes(blob: bytes) -> K.State:
     """Inverse of `state_to_bytes`."""
     with np.load(io.BytesIO(blob)) as z:
+        missing = [f for f in K.State._fields if f not in z.files]
+        if missing:
+            raise DataError(f"saved state lacks {', '.join(missing)}: it was saved by an older kernel; "
+                            "start the session from a new state")
         return K.State(*(np.array(z[f]) for f in K.State._fields))

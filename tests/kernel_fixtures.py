@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from strategies import codes as C
-from strategies.params import Params
+from strategies.params import SESSION_RULES_OFF, Params
 from strategies.tiered_basket import BarInputs, TieredBasketStrategy
 
 UNIVERSE = Params.preset("default").universe
@@ -58,6 +58,8 @@ def decision(result_decisions: np.ndarray, t: int, sym: str) -> str:
 
 
 def strategy(**overrides: object) -> TieredBasketStrategy:
-    """A strategy on the default preset with `overrides`."""
+    """A strategy on a preset (default unless `mode=`) with `overrides`. The session rules of SPEC §8
+    (delta window, rollback triggers, hard rollback) are off unless overridden, so a case about one
+    rule of §2-§6 is not moved by a trigger its bars happen to fire."""
     mode = str(overrides.pop("mode", "default"))
-    return TieredBasketStrategy(Params.preset(mode).replace(**overrides))
+    return TieredBasketStrategy(Params.preset(mode).replace(**{**SESSION_RULES_OFF, **overrides}))

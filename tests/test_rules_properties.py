@@ -12,6 +12,7 @@ from kernel_fixtures import UNIVERSE
 
 from strategies import codes as C
 from strategies import kernel as K
+from strategies.base import RunResult
 from strategies.params import Params
 from strategies.tiered_basket import (
     BarInputs,
@@ -139,6 +140,15 @@ def test_no_decision_breaks_a_limit(seed: int, values: dict) -> None:
         buys = orders[(orders["col"] == e) & (orders["reason"] == C.ORDER_BASKET_ENTRY)]
         gaps = np.diff(inputs.close_epoch[buys["decision_bar"]])
         assert (gaps >= p.etf_lock_s).all()
+        # ... and every order in the ETF starts the lock: a market order at its decision close, a stop or
+        # take-profit at the close of the bar it filled in (SPEC §6)
+        mine = orders[orders["col"] == e]
+        resting = np.isin(mine["reason"], (C.ORDER_STOP, C.ORDER_TAKE_PROFIT))
+        starts = inputs.close_epoch[np.where(resting, mine["bar"], mine["decision_bar"])]
+        for b in buys:
+            d = inputs.close_epoch[b["decision_bar"]]
+            others = starts[(starts <= d) & ~((mine["decision_bar"] == b["decision_bar"]) & ~resting)]
+            assert (d - others >= p.etf_lock_s).all(), "a basket entry inside the lock of an earlier ETF order"
 
 
 @SETTINGS
@@ -213,3 +223,84 @@ def test_live_rolling_window_scores_match_history() -> None:
         live = strat.score(window)
         row = panel.index.get_loc(window.index[-1])
         np.testing.assert_array_equal(live[-1], full[row])
+
+
+# ---- the rollback triggers, re-derived from what the run emitted (SPEC §8) ------------------------
+
+triggers_st = st.fixed_dictionaries({
+    "mode": st.just("relaxed"),
+    "cutoff": st.sampled_from([0.2, 0.35]),
+    "max_positions": st.integers(2, 5),
+    "tokens_a": st.integers(1, 3),
+    "tokens_b": st.integers(1, 3),
+    "rollback_1h_window_min": st.sampled_from([3, 10, 60]),
+    "rollback_2h_window_min": st.sampled_from([4, 20, 120]),
+    "rollback_min_actionable": st.sampled_from([1, 5, 12]),
+    "rollback_stop_rate": st.sampled_from([0.2, 0.4, 0.7]),
+    "rollback_flip_rate": st.sampled_from([0.1, 0.25, 0.5]),
+    "rollback_overflow_a": st.sampled_from([0.05, 0.15, 0.4]),
+    "llm_surge_calls": st.sampled_from([3, 10, 30]),
+    "flip_window_s": st.sampled_from([120.0, 600.0]),
+    "conflicts": st.just((("QQQ", "SQQQ"),)),
+})
+
+
+def _expected_triggers(res: RunResult, inputs: BarInputs, p: Params) -> list[tuple]:
+    """First bar of each session where each trigger's condition holds, from the run's own decisions,
+    fills, per-bar token counts and LLM calls, with SPEC §8's definitions written out plainly."""
+    from research.kpis import _DIRECTION, flip_flops_nb
+
+    direction = _DIRECTION[res.decisions[0]]
+    flips = flip_flops_nb(direction, inputs.close_epoch, int(p.flip_window_s)).sum(axis=1)
+    signals = (direction != 0).sum(axis=1)
+    o = res.orders
+    closed = np.bincount(o["bar"][o["side"] < 0], minlength=T)
+    stops = np.bincount(o["bar"][(o["side"] < 0) & (o["reason"] == C.ORDER_STOP)], minlength=T)
+    want_a = res.extras["token_wants_bar"][0][:, 0]
+    over_a = res.extras["token_overflows_bar"][0][:, 0]
+    minute = inputs.close_epoch // 60
+    out = []
+    for d in np.unique(inputs.day):
+        bars = np.flatnonzero(inputs.day == d)
+        fired = {1: False, 2: False}
+        for t in bars:
+            for kind, length in ((1, p.rollback_1h_window_min), (2, p.rollback_2h_window_min)):
+                if fired[kind]:
+                    continue
+                w = bars[(bars <= t) & (minute[bars] > minute[t] - length)]
+                a, f, c, s = signals[w].sum(), flips[w].sum(), closed[w].sum(), stops[w].sum()
+                rates = [over_a[w][minute[w] == m].sum() / want_a[w][minute[w] == m].sum()
+                         for m in np.unique(minute[w]) if want_a[w][minute[w] == m].sum() > 0]
+                mean = float(np.mean(rates)) if rates else 0.0
+                if kind == 1:
+                    hit = (a >= p.rollback_min_actionable and c > 0 and s / c >= p.rollback_stop_rate) or (
+                        a > 0 and f / a >= p.rollback_flip_rate)
+                    fig = (int(a), int(f), int(c), int(s))
+                else:
+                    hit = inputs.llm_calls[w].sum() > p.llm_surge_calls or (rates and mean >= p.rollback_overflow_a - 1e-12)
+                    fig = (int(inputs.llm_calls[w].sum()), round(mean, 9))
+                if hit:
+                    fired[kind] = True
+                    out.append((kind, int(t), fig))
+    return out
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), values=triggers_st)
+def test_triggers_fire_where_the_spec_definitions_say(seed: int, values: dict) -> None:
+    strat = _strategy(values)
+    p = strat.params
+    inputs = random_inputs(seed)
+    llm = np.random.default_rng(seed).integers(0, 3, size=T).astype(np.int64)
+    inputs = BarInputs(*(getattr(inputs, f) for f in ("index", "symbols", "open", "high", "low", "close", "scores",
+                                                      "events", "close_epoch", "day", "minutes_to_close")),
+                       llm_calls=llm)
+    res = strat.run_inputs(inputs)
+    got = []
+    for r in res.triggers:
+        if r["kind"] == C.TRIGGER_1H:
+            fig = (int(r["actionable"]), int(r["flip_flops"]), int(r["closed"]), int(r["stop_exits"]))
+        else:
+            fig = (int(r["llm_calls"]), round(float(r["overflow_a"]), 9))
+        got.append((int(r["kind"]), int(r["bar"]), fig))
+    assert sorted(got) == sorted(_expected_triggers(res, inputs, p))

@@ -170,7 +170,8 @@ CASES = [
          [x for t in range(4) for x in megatech(t, -0.6)],
          [(1, "SQQQ", "actionable"), (2, "SQQQ", "etf_lock"), (3, "SQQQ", "actionable")],
          params={"cooldown_s": 0.0, "direction_lock_s": 0.0, "cadence_b_s": 0.0},
-         prices={"SQQQ": 10.0}, bars={(2, "SQQQ"): {"low": 9.0}}),
+         # the buy gaps out of reach at bar 2's open and is dropped: no other order restarts the lock
+         prices={"SQQQ": 10.0}, bars={(2, "SQQQ"): {"open": 1e6, "high": 1e6}}, orders=[]),
     Case("the ETF lock also follows a basket exit", 6,
          megatech(0, -0.6) + megatech(1, -0.6) + megatech(2, 0.3) + megatech(3, 0.3) + megatech(4, -0.6)
          + megatech(5, -0.6),
@@ -233,8 +234,9 @@ CASES = [
     Case("a bar touching both the stop and the take-profit exits at the stop", 3, [(0, "NVDA", 0.6)],
          [(0, "NVDA", "actionable")], bars={(2, "NVDA"): {"high": 110.0, "low": 90.0}},
          orders=[(1, "NVDA", "buy", "entry"), (2, "NVDA", "sell", "stop")]),
-    Case("max_hold_minutes closes a position", 6, [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")],
-         params={"max_hold_minutes": 3}, orders=[(1, "NVDA", "buy", "entry"), (5, "NVDA", "sell", "max_hold")]),
+    Case("max_hold_minutes closes a position exactly max_hold_minutes after the fill", 6, [(0, "NVDA", 0.6)],
+         [(0, "NVDA", "actionable")],
+         params={"max_hold_minutes": 3}, orders=[(1, "NVDA", "buy", "entry"), (4, "NVDA", "sell", "max_hold")]),
     Case("an entry that finds no bar before the close is dropped, not carried overnight", 4,
          [(0, "NVDA", 0.6)], [(0, "NVDA", "actionable")], mtc=[6, 5, 300, 299], day=[1, 1, 2, 2],
          missing=[(1, "NVDA")], orders=[]),

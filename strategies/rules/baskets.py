@@ -10,10 +10,11 @@ from numba import njit
 def basket_condition_nb(
     scores: np.ndarray, fresh: np.ndarray, members: np.ndarray, min_signals: int, neg_share: float,
     threshold: float,
-) -> tuple[bool, bool, bool]:
-    """(is_tick, fires_short, turns_long) for one bar. A bar is a tick of the basket when at least
-    min_signals members have a fresh score; then it fires short when the negative share is >=
-    neg_share and the mean <= -threshold, and turns long (the ETF's exit) when the mean >= +threshold.
+) -> tuple[bool, bool, bool, float]:
+    """(is_tick, fires_short, turns_long, mean score) for one bar. A bar is a tick of the basket when
+    at least min_signals members have a fresh score; then it fires short when the negative share is
+    >= neg_share and the mean <= -threshold, and turns long (the ETF's exit) when the mean >=
+    +threshold. The mean is NaN when the bar is not a tick.
     """
     n = 0
     neg = 0
@@ -25,9 +26,9 @@ def basket_condition_nb(
             if scores[j] < 0:
                 neg += 1
     if n < min_signals or n == 0:
-        return False, False, False
+        return False, False, False, np.nan
     mean = total / n
-    return True, (neg / n >= neg_share and mean <= -threshold), mean >= threshold
+    return True, (neg / n >= neg_share and mean <= -threshold), mean >= threshold, mean
 
 
 @njit(cache=True)
