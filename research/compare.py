@@ -36,7 +36,8 @@ KPI_SENSE: dict[str, int] = {
     "token_overflow_rate_B": -1, "token_overflow_rate_Reserve": -1, "reserve_fallbacks": 0,
     "llm_calls": 0,
 }
-TIER_OF_BUCKET = {"A": "tier_a", "B": "tier_b", "Reserve": "tier_bench"}
+TOKEN_COLUMNS = ("wants_a", "wants_b", "wants_reserve", "overflows_a", "overflows_b", "overflows_reserve",
+                 "reserve_fallbacks")
 
 
 @dataclass(eq=False)
@@ -50,6 +51,7 @@ class ModeRun:
     panel: Panel
     init_cash: float = 10_000.0
     triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tokens: pd.DataFrame = field(default_factory=pd.DataFrame)  # per bar: TOKEN_COLUMNS, indexed by bar time
 
 
 @dataclass(eq=False)
@@ -136,15 +138,13 @@ def _slice(result: RunResult, sl: slice, start_equity: float) -> RunResult:
                      scores=None if result.scores is None else result.scores[sl], params=result.params)
 
 
-def _tier_overflow(result: RunResult, params: Any) -> dict[str, float]:
-    """Token overflow per tier: evaluations that found no token / evaluations wanted (SPEC §2)."""
-    d = result.decisions[0]
-    out = {}
-    for bucket, attr in TIER_OF_BUCKET.items():
-        cols = [j for j, s in enumerate(result.symbols) if s in set(getattr(params, attr, ()))]
-        wanted = int((d[:, cols] != codes.NOT_EVALUATED).sum()) if cols else 0
-        over = int((d[:, cols] == codes.TOKEN).sum()) if cols else 0
-        out[f"token_overflow_rate_{bucket}"] = over / wanted if wanted else 0.0
+def _tier_overflow(tokens: np.ndarray) -> dict[str, float]:
+    """Token overflow per tier over some bars: evaluations that found no token / evaluations wanted
+    (SPEC §2), from the kernel's per-bar counts (the numbers the 2 h rollback trigger reads)."""
+    wants, over = tokens[:, :3].sum(axis=0), tokens[:, 3:6].sum(axis=0)
+    out = {f"token_overflow_rate_{tier}": float(over[i] / wants[i]) if wants[i] else 0.0
+           for i, tier in enumerate(("A", "B", "Reserve"))}
+    out["reserve_fallbacks"] = int(tokens[:, 6].sum())
     return out
 
 
@@ -152,6 +152,10 @@ def session_kpis(run: ModeRun) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """Per-session KPIs, per-hour KPIs and the equity curve of one run (all from its frames)."""
     result = result_from_frames(run)
     panel = run.panel
+    missing = [c for c in TOKEN_COLUMNS if c not in run.tokens]
+    if missing:
+        raise ValueError(f"{run.label}: per-bar token counts are missing ({', '.join(missing)})")
+    tokens = run.tokens.reindex(result.index, fill_value=0)[list(TOKEN_COLUMNS)].to_numpy(float)
     rows, hours = [], []
     for day, sl in _session_slices(result.index):
         start_equity = float(result.equity[sl.start - 1, 0]) if sl.start else run.init_cash
@@ -173,7 +177,7 @@ def session_kpis(run: ModeRun) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
             **{f"suppressed_{codes.DECISION_NAMES[c]}": sig[f"suppressed_{codes.DECISION_NAMES[c]}"]
                for c in codes.SUPPRESSION_CODES},
             "flip_flops_per_10min": sig["flip_flops"] / (minutes / 10.0) if minutes else np.nan,
-            **_tier_overflow(sub, run.params),
+            **_tier_overflow(tokens[sl]),
         }
         rows.append(row)
         h = kpis.hourly_kpis(sub, trades, 0).reset_index()
@@ -263,25 +267,37 @@ def run_mode(label: str, params: Any, panel: Panel, events: pd.DataFrame | None 
     strategy = TieredBasketStrategy(params)
     result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True)
     bars = panel if tuple(panel.symbols) == tuple(result.symbols) else panel.select(result.symbols)
-    triggers = result.triggers_frame(0) if hasattr(result, "triggers_frame") else pd.DataFrame()
     return ModeRun(label=label, params=params, orders=result.orders_frame(0), decisions=result.decisions_frame(0),
-                   panel=bars, init_cash=init_cash, triggers=triggers)
+                   panel=bars, init_cash=init_cash, triggers=result.triggers_frame(0), tokens=token_frame(result))
+
+
+def token_frame(result: RunResult, set_: int = 0) -> pd.DataFrame:
+    """The kernel's per-bar token wants and overflows per tier (TOKEN_COLUMNS) indexed by bar time."""
+    ex = result.extras
+    counts = np.hstack([np.asarray(ex["token_wants_bar"][set_]), np.asarray(ex["token_overflows_bar"][set_]),
+                        np.asarray(ex["reserve_fallbacks_bar"][set_])[:, None]])
+    return pd.DataFrame(counts, index=result.index, columns=list(TOKEN_COLUMNS))
 
 
 def load_live_dir(path: str, panel: Panel, init_cash: float = 10_000.0) -> ModeRun:
-    """A live runner's output directory (orders.parquet, decisions.parquet, params.toml) as a ModeRun."""
+    """A live runner's output directory (orders, decisions and per-bar token parquet files, params.toml,
+    triggers.parquet when any fired) as a ModeRun."""
     from strategies.params import Params
 
     d = Path(path)
-    missing = [n for n in ("orders.parquet", "decisions.parquet", "params.toml") if not (d / n).exists()]
+    missing = [n for n in ("orders.parquet", "decisions.parquet", "tokens.parquet", "params.toml")
+               if not (d / n).exists()]
     if missing:
         raise FileNotFoundError(f"{d}: not a live run directory (missing {', '.join(missing)})")
     params = Params.from_toml(d / "params.toml")
     bars = panel.select([s for s in panel.symbols if s in set(params.universe)])
     triggers = pd.read_parquet(d / "triggers.parquet") if (d / "triggers.parquet").exists() else pd.DataFrame()
+    tokens = pd.read_parquet(d / "tokens.parquet")
+    if "time" in tokens:
+        tokens = tokens.set_index("time")
     return ModeRun(label=d.name, params=params, orders=pd.read_parquet(d / "orders.parquet"),
                    decisions=pd.read_parquet(d / "decisions.parquet"), panel=bars, init_cash=init_cash,
-                   triggers=triggers)
+                   triggers=triggers, tokens=tokens)
 
 
 # --- CLI -------------------------------------------------------------------------------------------

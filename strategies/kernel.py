@@ -108,8 +108,8 @@ N_STATS = len(STAT_NAMES)
 OI_BAR, OI_DEC, OI_COL, OI_SIDE, OI_REASON = range(5)
 OF_QTY, OF_PRICE, OF_FEES = range(3)
 
-# per-bar token counts (the `tok` output): wants then overflows of Tier A, Tier B, Reserve
-N_TOK = 6
+# per-bar token counts (the `tok` output): wants then overflows of Tier A, Tier B, Reserve, then fallbacks
+N_TOK = 7  # 6: Tier A evaluations that borrowed the Reserve token (reserve_fallback)
 
 # session events (rollback triggers, hard rollback): one float row each
 (EV_BAR, EV_TIME, EV_KIND, EV_WINDOW_MIN, EV_ACT, EV_FLIP, EV_CLOSED, EV_STOPS, EV_LLM, EV_OVER_A, EV_MINUTES,
@@ -541,7 +541,7 @@ def step_nb(
     array of bar closes, `bar_open` this bar's start epoch, `ny_min` the New York minute of day of
     its close, `llm_calls` the LLM calls made at this bar). Writes one decision code per symbol
     into `decisions` (N,) and, for an inverse ETF decided by its basket, the basket's mean score
-    into `dscore` (N,) (NaN elsewhere); this bar's token wants / overflows per tier into `tok` (6,);
+    into `dscore` (N,) (NaN elsewhere); this bar's token wants / overflows per tier and reserve fallbacks into `tok` (7,);
     adds to `counts` (per code) and `stats`, appends fills to the order buffers and session events
     (rollback triggers, hard rollback) to `ev_f` / `n_ev`.
     """
@@ -646,6 +646,7 @@ def step_nb(
                 got += 1
                 if r == TAKE_FALLBACK:
                     stats[ST_FALLBACK] += 1
+                    tok[6] += 1
         if got == 0:
             if state.sf[j, SF_QTY] > 0 and score[j] <= -cut:
                 _exit_nb(state, j, now, C.ORDER_EXIT_SIGNAL)  # exits are never blocked by tokens
@@ -750,7 +751,7 @@ def run_nb(
     Returns equity (T, K), cash (T, K), decisions (K, T, N) (or (K, 1, N) when not recorded),
     counts (K, codes), stats (K, N_STATS), order ints (K, cap, 5), order floats (K, cap, 3),
     order counts (K,), the basket mean scores of basket decisions (K, T, N) (or (K, 1, N)), the
-    per-bar token wants / overflows per tier (K, T, 6) (or (K, 1, 6)), session events
+    per-bar token wants / overflows per tier and fallbacks (K, T, 7) (or (K, 1, 7)), session events
     (K, event_capacity, N_EV) and event counts (K,).
     """
     t_total, n_sym = c.shape

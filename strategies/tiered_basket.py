@@ -229,7 +229,8 @@ class TieredBasketStrategy(Strategy):
         extras["token_overflows"] = stats[:, K.ST_OVER_A:K.ST_OVER_R + 1]
         if record:  # per bar and tier: the numbers the overflow trigger read (RunResult.token_minutes_frame)
             extras["token_wants_bar"] = toks[:, :, :3]
-            extras["token_overflows_bar"] = toks[:, :, 3:]
+            extras["token_overflows_bar"] = toks[:, :, 3:6]
+            extras["reserve_fallbacks_bar"] = toks[:, :, 6]
         return RunResult(
             index=inputs.index, symbols=inputs.symbols, init_cash=float(init_cash), orders=orders, equity=equity,
             cash=cash, reason_counts=counts, decisions=decisions if record else None, scores=inputs.scores,
@@ -314,7 +315,7 @@ class WalkLog:
     """What `walk` saw: per-bar decisions (rows = bars walked), equity, cash, counts and orders.
 
     basket_scores: (bars, N) the basket mean score behind each inverse-ETF decision (NaN elsewhere).
-    tokens:        (bars, 6) token wants of Tier A, B, Reserve, then their overflows, per bar.
+    tokens:        (bars, 7) token wants of Tier A, B, Reserve, their overflows, then reserve fallbacks, per bar.
     triggers:      session events (rollback triggers, hard rollback) as TRIGGER_DTYPE rows.
     """
 

@@ -79,6 +79,16 @@ def test_frames_rebuild_the_kernels_equity_and_sessions_add_up(two_sessions) -> 
     counts = kernel.reason_counts[0]
     assert sessions["actionable"].sum() == counts[12] and sessions["signals_generated"].sum() == counts[1:].sum()
     assert set(hourly["ny_hour"]) == set(range(9, 16))
+    # token figures are the kernel's own per-bar counts (what the 2 h trigger reads), per session
+    minutes = kernel.token_minutes_frame(0)
+    day = minutes.index.tz_convert("America/New_York").date
+    for rec in sessions.itertuples():
+        m = minutes[day == rec.session.date()]
+        want = m["wants_a"].sum()
+        assert rec.token_overflow_rate_A == pytest.approx(m["overflows_a"].sum() / want if want else 0.0)
+    assert sessions["reserve_fallbacks"].sum() == kernel.extras["reserve_fallbacks"][0]
+    fired = kernel.triggers_frame(0)
+    assert len(run.triggers) == len(fired) and (run.triggers["time"].to_numpy() == fired["time"].to_numpy()).all()
 
 
 def test_cli_compares_three_ways_and_writes_report_and_tables(home: Path, tmp_path: Path,
