@@ -123,7 +123,8 @@ def test_repair_drops_bad_rows_reports_them_and_keeps_the_rest(seeded, tmp_path,
     body[2][2] = "90.00"  # high < low on line 4
     body[6][0] = body[5][0]  # duplicate on line 8
     bad = write_csv(tmp_path / "bad.csv", [body[9], *body[:9]])  # and out of order
-    code = main(["import", str(bad), "--symbol", "NVDA", "--tz", "America/New_York", "--repair", "--root", str(seeded)])
+    code = main(["import", str(bad), "--symbol", "NVDA", "--tz", "America/New_York", "--repair", "--force",
+                 "--root", str(seeded)])  # 2 of 10 rows dropped: more than 1%, so --force
     out = capsys.readouterr().out
     assert code == 0
     assert "dropped 1 rows where high is below low (lines 5)" in out

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.calendar import calendar, off_session, sessions
-from data.catalog import Catalog, WriteReport, check_symbol
+from data.catalog import Catalog, WriteReport, normalize_symbol
 from tierlab.errors import ConfigError, DataError
 from tierlab.log import get_logger
 
@@ -78,7 +78,7 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
     from alpaca.data.timeframe import TimeFrame
 
     catalog = catalog or Catalog()
-    symbols = [check_symbol(s.upper()) for s in symbols]
+    symbols = [normalize_symbol(s) for s in symbols]
     if pd.Timestamp(start) > pd.Timestamp(end):
         raise ConfigError(f"empty range: --start {pd.Timestamp(start).date()} is after --end {pd.Timestamp(end).date()}")
     try:
@@ -115,7 +115,7 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
                 log.info("dropped_extended_hours", ticker=sym, rule="rth_only", reason="outside_session",
                          bars=int(outside.sum()))
                 df = df[~outside]
-            reports.append(catalog.write(sym, df, source="alpaca"))
+            reports.append(catalog.write(sym, df, source="alpaca", origin="alpaca"))
     return reports
 
 
