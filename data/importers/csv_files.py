@@ -117,7 +117,8 @@ def import_file(path: str | os.PathLike[str], symbol: str, *, tz: str | None = N
     """Read, validate and append one symbol's bar file; only days missing from the catalog are added.
 
     Real bars replace synthetic sample days (see `Catalog.write`). A repair that would drop more than
-    1% of the rows is refused, naming the share, unless `force`.
+    1% of the rows, or the closing bars of a file that looks end-labelled, is refused naming the share,
+    unless `force`.
     """
     catalog = catalog or Catalog()
     symbol = normalize_symbol(symbol)
@@ -130,11 +131,13 @@ def import_file(path: str | os.PathLike[str], symbol: str, *, tz: str | None = N
             raise DataError(f"{exc}; {END_LABEL_HINT}") from None
         raise
     dropped = len(df) - len(clean)
-    if dropped and dropped > MAX_REPAIR_SHARE * len(df) and not force:
+    share = dropped / len(df) if len(df) else 0.0
+    if dropped and not force and (share > MAX_REPAIR_SHARE or hint):
         why = repairs[0].split(": ", 1)[-1] if repairs else ""
-        raise DataError(f"{symbol} ({path}): --repair would drop {dropped} of {len(df)} rows ({dropped / len(df):.1%}, "
-                        f"more than {MAX_REPAIR_SHARE:.0%}): {why}" + (f"; {END_LABEL_HINT}" if hint else "")
-                        + "; nothing imported (add --force to drop them anyway)")
+        limit = f", more than {MAX_REPAIR_SHARE:.0%}" if share > MAX_REPAIR_SHARE else ""
+        late = f"; the rest would be imported one minute late: {END_LABEL_HINT}" if hint else ""
+        raise DataError(f"{symbol} ({path}): --repair would drop {dropped} of {len(df)} rows ({share:.1%}{limit}): "
+                        f"{why}{late}; nothing imported (add --force to drop them anyway)")
     report = catalog.write(symbol, clean, source=str(path), origin="file")
     report.repairs = repairs + report.repairs
     return report
