@@ -436,14 +436,30 @@ def _origins_of(meta: dict[bytes, bytes], days: np.ndarray) -> dict[str, str]:
     return {str(d): named.get(str(d), legacy) for d in np.unique(days)}
 
 
+_ORIGINS_CACHE: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+
+
 def _file_origins(path: Path) -> dict[str, str]:
-    """Day -> origin of one stored month file (reads the footer; the timestamps only for old files)."""
+    """Day -> origin of one stored month file (reads the footer; the timestamps only for old files).
+
+    Cached per file version (inode, size, mtime): every write replaces the file, so a hit is current.
+    """
+    st = path.stat()
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _ORIGINS_CACHE.get(str(path))
+    if hit is not None and hit[0] == key:
+        return dict(hit[1])
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(ORIGINS_KEY.encode())
     if raw:
-        return dict(json.loads(raw))
-    ts = pq.read_table(path, columns=["timestamp"]).column(0).to_numpy()
-    return _origins_of(meta, ny_days(pd.DatetimeIndex(ts, tz="UTC")))
+        out = dict(json.loads(raw))
+    else:
+        ts = pq.read_table(path, columns=["timestamp"]).column(0).to_numpy()
+        out = _origins_of(meta, ny_days(pd.DatetimeIndex(ts, tz="UTC")))
+    if len(_ORIGINS_CACHE) > 4096:
+        _ORIGINS_CACHE.clear()
+    _ORIGINS_CACHE[str(path)] = (key, out)
+    return dict(out)
 
 
 def _to_table(df: pd.DataFrame) -> pa.Table:
