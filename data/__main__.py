@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--tz", help="time zone of naive times, e.g. America/New_York")
     imp.add_argument("--label", choices=("start", "end"), default="start", help="bars labelled by start or end")
     imp.add_argument("--repair", action="store_true", help="drop/fix bad rows and report them instead of failing")
+    imp.add_argument("--force", action="store_true", help="with --repair: drop bad rows even when they are more than 1%%")
     fet = sub.add_parser("fetch", parents=[common], help="fetch missing days of 1-minute bars from Alpaca")
     fet.add_argument("--symbols", nargs="+", required=True)
     for name in ("--start", "--end"):
@@ -48,7 +49,7 @@ def run(a: argparse.Namespace) -> str:
     from data.sample import write_sample
 
     if a.cmd == "import":
-        return import_cli(a.path, a.symbol, a.tz, a.label, a.repair, a.root)
+        return import_cli(a.path, a.symbol, a.tz, a.label, a.repair, a.root, force=a.force)
     if a.cmd == "fetch":
         return fetch_cli(a.symbols, a.start, a.end, a.url, a.feed, a.root)
     return write_sample(a.root, a.start, a.end) if a.cmd == "sample" else import_events(a.path, a.root, a.fmt, a.tickers)

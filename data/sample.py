@@ -20,7 +20,7 @@ import pandas as pd
 
 from data.bars import Panel
 from data.calendar import session_minutes, sessions
-from data.catalog import Catalog
+from data.catalog import SAMPLE_EVENT_MARK, Catalog
 from data.events import empty_events, validate_events
 from data.universe import ETFS, MEGATECH, SEMIS, STOCKS, UNIVERSE
 
@@ -208,7 +208,7 @@ def generate_panel(start: dt.date | str = DEFAULT_START, end: dt.date | str = DE
 def sample_events(panel: Panel) -> pd.DataFrame:
     """Synthetic 8-K filings on GOOGL/AMD/AVGO, each 20 s into a bar where the generator put a jump."""
     rows = [{"time": t + pd.Timedelta(seconds=20), "ticker": s, "form": "8-K",
-             "title": f"{s} 8-K (synthetic sample filing; price jump {size:+.1%})"}
+             "title": f"{s} 8-K {SAMPLE_EVENT_MARK}; price jump {size:+.1%})"}
             for t, s, size in panel.meta.get("jumps", []) if s in EVENT_TICKERS]
     if not rows:
         return empty_events()
@@ -217,7 +217,11 @@ def sample_events(panel: Panel) -> pd.DataFrame:
 
 def ensure_sample(catalog: Catalog | None = None, start: dt.date | str = DEFAULT_START,
                   end: dt.date | str = DEFAULT_END, seed: int = SEED) -> Catalog:
-    """Write the synthetic sample into `catalog` (default: the home catalog) where days are missing."""
+    """Write the synthetic sample into `catalog` (default: the home catalog) where days are missing.
+
+    Only for callers the user asked (`python -m data sample`, a backtest on an empty catalog): days that
+    hold real bars are kept, and a range mixing them with sample days is refused when read.
+    """
     catalog = catalog or Catalog()
     want = set(sessions(start, end))
     if all(want <= set(catalog.days(s)) for s in UNIVERSE) and catalog.events_path.exists():
@@ -226,7 +230,7 @@ def ensure_sample(catalog: Catalog | None = None, start: dt.date | str = DEFAULT
     meta = {"tierlab.source": "synthetic", "tierlab.generator": "data.sample.generate_panel",
             "tierlab.seed": str(seed), "tierlab.note": NOTE}
     for s in UNIVERSE:
-        catalog.write(s, panel.bars(s), source="sample", metadata=meta)
+        catalog.write(s, panel.bars(s), source="sample", metadata=meta, origin="sample")
     events = sample_events(panel)
     catalog.write_events(events)
     info = {"synthetic": True, "note": NOTE, "generator": "data.sample.generate_panel", "seed": seed,

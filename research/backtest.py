@@ -11,7 +11,8 @@ hundreds of sets over a year of minute bars. The single-set `backtest` uses the 
 its vectorbt Portfolio is checked against the rules' own cash and equity to the cent.
 
 CLI: `python -m research.backtest --mode default|relaxed [--start D] [--end D] [--symbols A,B]
-[--params FILE] [--out DIR]` on the bundled sample (built on first use); errors print one line.
+[--params FILE] [--out DIR]` on the catalog (the bundled sample is written only into an empty one);
+errors print one line.
 """
 
 from __future__ import annotations
@@ -237,23 +238,10 @@ def restrict_universe(params: Any, symbols: Sequence[str]) -> Any:
     return params.replace(**tiers, baskets=tuple(baskets), conflicts=conflicts)
 
 
-def _check_range(catalog: Any, symbols: Sequence[str], start: pd.Timestamp, end: pd.Timestamp) -> None:
-    known = set(catalog.symbols())
-    unknown = [s for s in symbols if s not in known]
-    if unknown:
-        raise DataError(f"unknown symbol(s) {', '.join(unknown)}; catalog has {', '.join(sorted(known))}")
-    if start > end:
-        raise ConfigError(f"empty range: --start {start.date()} is after --end {end.date()}")
-    for s in symbols:
-        first, last = catalog.range(s)
-        if start.date() < pd.Timestamp(first).date() or end.date() > pd.Timestamp(last).date():
-            raise DataError(f"{s}: range {start.date()} .. {end.date()} is outside the catalog's "
-                            f"{pd.Timestamp(first).date()} .. {pd.Timestamp(last).date()}")
-
-
 def run_job(mode: str | None = None, start: str | None = None, end: str | None = None,
             symbols: str | None = None, params_file: str | None = None, out: str = "reports") -> tuple[BacktestResult, Path]:
     """The `make backtest` job: sample catalog -> panel -> backtest -> summary, HTML, parquet files."""
+    from data.catalog import Catalog
     from data.sample import ensure_sample
     from research.report import write_report
     from strategies.params import Params
@@ -261,19 +249,14 @@ def run_job(mode: str | None = None, start: str | None = None, end: str | None =
 
     params = Params.from_toml(params_file, mode=mode) if params_file else Params.preset(mode or "default")
     mode = params.mode
-    catalog = ensure_sample()
+    catalog = Catalog()
+    if not catalog.symbols():  # an empty catalog: the bundled sample, as `make backtest` promises
+        ensure_sample(catalog)
     wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else list(params.universe)
     if not wanted:
         raise ConfigError("--symbols is empty")
-    known = set(catalog.symbols())
-    ranges = [catalog.range(s) for s in wanted if s in known]
-    lo = pd.Timestamp(start) if start else max(pd.Timestamp(r[0]) for r in ranges) if ranges else None
-    hi = pd.Timestamp(end) if end else min(pd.Timestamp(r[1]) for r in ranges) if ranges else None
-    if lo is not None and lo.tz is not None:
-        lo = lo.tz_convert("America/New_York").tz_localize(None)
-    if hi is not None and hi.tz is not None:
-        hi = hi.tz_convert("America/New_York").tz_localize(None)
-    _check_range(catalog, wanted, lo or pd.Timestamp(0), hi or pd.Timestamp(0))
+    # unknown symbols, gaps, synthetic bars mixed with real ones: refused in one line (data.catalog)
+    lo, hi = (pd.Timestamp(d) for d in catalog.resolve_range(wanted, start, end))
     if symbols:
         params = restrict_universe(params, wanted)
     panel = catalog.read_panel(list(params.universe), lo.date(), hi.date())

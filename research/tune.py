@@ -402,8 +402,8 @@ def _table_columns(metric: str) -> tuple[str, ...]:
 def backtest_problem(cfg: TuneConfig) -> Problem:
     """The real problem: TieredBasketStrategy on the catalog's bars, each window run with research.backtest.run_grid.
 
-    Bars come from the home catalog (the synthetic sample is written first if a universe symbol is
-    missing); --start/--end default to the sample's range. Each window is backtested on its own
+    Bars come from the home catalog (the synthetic sample is written first if the catalog is
+    empty); --start/--end default to the sample's range. Each window is backtested on its own
     (fresh cash): the score model's windows restart every session and the strategy is flat
     overnight, so nothing from training reaches the test window.
     """
@@ -415,7 +415,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
 
     base = Params.preset(cfg.mode)
     catalog = Catalog()
-    if not set(base.universe) <= set(catalog.symbols()):
+    if not catalog.symbols():  # only an empty catalog gets the sample: never mixed into real bars
         catalog = ensure_sample(catalog)
     start, end = cfg.start or DEFAULT_START, cfg.end or DEFAULT_END
     panel = catalog.read_panel(base.universe, start, end)

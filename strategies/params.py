@@ -270,11 +270,23 @@ class Params(BaseModel):
 
     @classmethod
     def load(
-        cls, mode: str = "default", path: str | Path | None = None, env: Mapping[str, str] | None = None
+        cls, mode: str | None = None, path: str | Path | None = None, env: Mapping[str, str] | None = None
     ) -> Params:
-        """Preset, then TOML file, then `TIERLAB_<FIELD>` environment overrides."""
-        p = cls.from_toml(path, mode=mode) if path else cls.preset(mode)
+        """Preset, then TOML file, then `TIERLAB_<FIELD>` environment overrides.
+
+        The preset is `mode`, else `TIERLAB_MODE`, else the file's `mode`, else `default`. A
+        `TIERLAB_MODE` that is no preset, or that contradicts `mode`, is refused (never silently ignored).
+        """
         env = os.environ if env is None else env
+        env_mode = env.get(f"{ENV_PREFIX}MODE")
+        if env_mode is not None:
+            env_mode = env_mode.strip()
+            if env_mode not in MODES:
+                raise ConfigError(f"{ENV_PREFIX}MODE: mode must be one of {', '.join(MODES)}, got {env_mode!r}")
+            if mode is not None and mode != env_mode:
+                raise ConfigError(f"{ENV_PREFIX}MODE={env_mode} contradicts the requested mode {mode!r}; drop one of them")
+        mode = mode or env_mode  # None with a file: the file's own mode
+        p = cls.from_toml(path, mode=mode) if path else cls.preset(mode or "default")
         overrides: dict[str, Any] = {}
         for key, raw in env.items():
             if not key.startswith(ENV_PREFIX):

@@ -165,3 +165,20 @@ def test_an_unfinished_session_is_not_fetched(server, keys, tmp_path):
     fetch(["AAPL"], "2024-11-01", "2024-11-05", catalog=cat, url=url, progress=False, now=after)
     assert [str(d) for d in cat.days("AAPL")] == ["2024-11-01", "2024-11-04", "2024-11-05"]
     assert len(Catalog(tmp_path).read_panel(["AAPL"], "2024-11-05", "2024-11-05").bars("AAPL")) == 390
+
+
+def test_fetch_replaces_synthetic_sample_days_with_real_bars(server, keys, tmp_path, capsys):
+    url, fake = server
+    cat = Catalog(tmp_path)
+    fake_day = generate_panel("2024-11-04", "2024-11-04", ("AAPL",), seed=3).bars("AAPL")
+    cat.write("AAPL", fake_day, origin="sample")  # the synthetic sample holds Nov 4
+    fake.requests.clear()
+    assert main(["fetch", "--symbols", "aapl", "--start", "2024-11-01", "--end", "2024-11-05", "--root",
+                 str(tmp_path), "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "AAPL: wrote 1170 bars on 2 new days (and replaced the synthetic sample bars of 1 days: 2024-11-04)" in out
+    firsts = [r for r in fake.requests if not r.get("page_token")]
+    assert [(r["symbols"], r["start"][:10]) for r in firsts] == [("AAPL", "2024-11-01")]  # one run, Nov 4 included
+    assert set(Catalog(tmp_path).origins("AAPL").values()) == {"alpaca"}
+    want = generate_panel("2024-11-01", "2024-11-05", ("AAPL",)).bars("AAPL").loc["2024-11-04", "close"].to_numpy()
+    np.testing.assert_allclose(cat.read_panel(["AAPL"], "2024-11-04", "2024-11-04").close[:, 0], want)

@@ -100,3 +100,57 @@ def test_a_write_that_fails_midway_leaves_the_catalog_as_it_was(tmp_path, monkey
     assert [str(d) for d in Catalog(tmp_path).days("AAPL")] == ["2024-10-30"]
     cat.write("AAPL", two_months.bars("AAPL"))  # the same write, once the disk is fine, goes through
     assert [str(d) for d in Catalog(tmp_path).days("AAPL")] == ["2024-10-30", "2024-10-31", "2024-11-01", "2024-11-04"]
+
+
+# --- issue 9 §4 -------------------------------------------------------------------------------
+
+
+def _hashes(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3], ids=["moving-october-aside", "october-into-place", "november-into-place"])
+def test_a_failed_rename_restores_the_stored_month_byte_for_byte(tmp_path, monkeypatch, fail_at):
+    """October is already stored; a write adding Oct 31 and November dies at one of its renames."""
+    import os
+
+    import data.catalog as catalog_module
+
+    bars = generate_panel("2024-10-30", "2024-11-04", ("AAPL",)).bars("AAPL")
+    cat = Catalog(tmp_path)
+    cat.write("AAPL", bars.loc[:"2024-10-30 23:59"])
+    before = _hashes(tmp_path)
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(catalog_module.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk full"):
+        cat.write("AAPL", bars)
+    monkeypatch.setattr(catalog_module.os, "replace", real_replace)
+    assert _hashes(tmp_path) == before  # October's file back, byte for byte; no .bak, no .tmp, no November
+    assert [str(d) for d in Catalog(tmp_path).days("AAPL")] == ["2024-10-30"]
+
+
+def test_an_earlier_day_written_into_a_stored_month_keeps_it_sorted(tmp_path):
+    import pyarrow.parquet as pq
+
+    bars = generate_panel("2024-11-04", "2024-11-08", ("AMD",)).bars("AMD")
+    cat = Catalog(tmp_path)
+    cat.write("AMD", bars.loc["2024-11-06":])
+    rep = cat.write("AMD", bars.loc[:"2024-11-05 23:59"])  # two earlier days into the same month
+    assert [str(d) for d in rep.days_written] == ["2024-11-04", "2024-11-05"]
+    ts = pq.read_table(tmp_path / "bars/symbol=AMD/month=2024-11/bars.parquet").column("timestamp").to_pandas()
+    assert ts.is_monotonic_increasing and ts.is_unique and len(ts) == 5 * 390
+    assert cat.range("AMD") == (pd.Timestamp("2024-11-04 14:30", tz="UTC"), pd.Timestamp("2024-11-08 20:59", tz="UTC"))
+    back = cat.read_panel(["AMD"], "2024-11-04", "2024-11-08").bars("AMD")
+    pd.testing.assert_frame_equal(back[list(bars.columns)], bars, check_freq=False, check_index_type=False,
+                                  check_names=False)

@@ -123,7 +123,8 @@ def test_repair_drops_bad_rows_reports_them_and_keeps_the_rest(seeded, tmp_path,
     body[2][2] = "90.00"  # high < low on line 4
     body[6][0] = body[5][0]  # duplicate on line 8
     bad = write_csv(tmp_path / "bad.csv", [body[9], *body[:9]])  # and out of order
-    code = main(["import", str(bad), "--symbol", "NVDA", "--tz", "America/New_York", "--repair", "--root", str(seeded)])
+    code = main(["import", str(bad), "--symbol", "NVDA", "--tz", "America/New_York", "--repair", "--force",
+                 "--root", str(seeded)])  # 2 of 10 rows dropped: more than 1%, so --force
     out = capsys.readouterr().out
     assert code == 0
     assert "dropped 1 rows where high is below low (lines 5)" in out
@@ -183,3 +184,30 @@ def test_dates_the_calendar_does_not_cover_name_the_file(seeded, tmp_path, capsy
     err = capsys.readouterr().err
     assert "AMD" in err and "old.csv" in err and "field timestamp" in err and "outside the XNYS calendar" in err
     assert snapshot(seeded) == before
+
+
+FULL_HEADER = HEADER + ",vwap,trade_count"
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "value", "words"),
+    [
+        (3, 5, "", ["field volume", "missing or not a number"]),
+        (3, 5, "nan", ["field volume", "missing or not a number"]),
+        (4, 6, "0", ["field vwap", "not positive"]),
+        (4, 6, "-100.2", ["field vwap", "not positive"]),
+        (6, 7, "-3", ["field trade_count", "negative"]),
+    ],
+    ids=["empty-volume", "nan-volume", "zero-vwap", "negative-vwap", "negative-trade_count"],
+)
+def test_nan_volume_bad_vwap_and_negative_trade_count_are_refused(seeded, tmp_path, capsys, row, col, value, words):
+    body = [[*r, f"{float(r[1]) + 0.1:.2f}", "12"] for r in rows("2024-11-04")]
+    good = write_csv(tmp_path / "good.csv", body, FULL_HEADER)
+    body[row][col] = value
+    bad = write_csv(tmp_path / "bad.csv", body, FULL_HEADER)
+    before = snapshot(seeded)
+    assert main(["import", str(bad), "--symbol", "NVDA", "--tz", "America/New_York", "--root", str(seeded)]) == 2
+    err = capsys.readouterr().err
+    assert f"line {row + 2}," in err and all(w in err for w in words), err
+    assert snapshot(seeded) == before
+    assert main(["import", str(good), "--symbol", "NVDA", "--tz", "America/New_York", "--root", str(seeded)]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,3 +89,87 @@ def test_flip_flops_strong_signals_and_hours() -> None:
     h = kpis.hourly_kpis(run, kpis.round_trips(run, scores, scores, scores), 0)
     assert h.index.tolist() == [10, 11]
     assert h.loc[10, "flip_flops"] == 1 and h.loc[11, "actionable"] == 1 and h.loc[10, "strong_signals"] == 2
+
+
+# --- issue 9 §4: figures a wrong change would move ---------------------------------------------
+
+SIX_DAYS = ("2024-10-21", "2024-10-22", "2024-10-23", "2024-10-24", "2024-10-25", "2024-10-28")
+# three bars a session (09:30, 09:31 and 15:59 New York, EDT): the session's return is taken at its last bar
+SIX_INDEX = pd.DatetimeIndex([pd.Timestamp(f"{d} {t}", tz="America/New_York").tz_convert("UTC")
+                              for d in SIX_DAYS for t in ("09:30", "09:31", "15:59")])
+
+
+def test_sharpe_sortino_calmar_on_six_sessions_match_hand_values() -> None:
+    r = np.array([0.02, -0.01, 0.03, -0.02, 0.01, 0.01])  # daily returns, close to close, from 1000
+    closes = 1000.0 * np.cumprod(1 + r)
+    eq = np.repeat(closes, 3)
+    eq[0::3] -= 5.0  # the first bar of each day is noise the daily figures must not see
+    eq[10] = 980.0  # ... except the drawdown: an intraday low on day 4 below every close
+    m = kpis.equity_metrics(eq[:, None], eq[:, None], SIX_INDEX, 1000.0).iloc[0]
+    # by hand: mean 0.04/6, sample std (ddof 1) of r, downside sqrt(mean(min(r, 0)^2)), 252 sessions a year
+    mean = 0.04 / 6
+    std = math.sqrt(sum((x - mean) ** 2 for x in r) / 5)
+    downside = math.sqrt((0.01**2 + 0.02**2) / 6)
+    assert m["sharpe"] == pytest.approx(mean / std * math.sqrt(252), rel=1e-9)
+    assert m["sharpe"] == pytest.approx(5.6840, abs=1e-4)  # not 6.8407 (365 a year)
+    assert m["sortino"] == pytest.approx(mean / downside * math.sqrt(252), rel=1e-9)
+    assert m["sortino"] == pytest.approx(11.5931, abs=1e-4)  # not 13.9523
+    final = closes[-1]  # 1040.32...
+    cagr = (final / 1000.0) ** (252 / 6) - 1
+    peak = max(closes[:3])  # the high-water mark before the 980 dip on day 4 (09:31)
+    assert m["cagr"] == pytest.approx(cagr, rel=1e-9)
+    assert m["max_drawdown"] == pytest.approx(980.0 / peak - 1, rel=1e-9)
+    assert m["calmar"] == pytest.approx(cagr / (1 - 980.0 / peak), rel=1e-9)
+
+
+def test_drawdown_from_the_first_bar_counts_from_the_initial_cash() -> None:
+    eq = np.array([990.0, 985.0, 995.0] + [1000.0] * 15)  # falls from the very first bar, never above 1000
+    m = kpis.equity_metrics(eq[:, None], eq[:, None], SIX_INDEX, 1000.0).iloc[0]
+    assert m["max_drawdown"] == pytest.approx(-0.015)  # 985 / 1000 - 1, not 985 / 990 - 1
+
+
+def test_win_rate_counts_a_break_even_trade_as_not_won_and_profit_factor() -> None:
+    flat = np.full((40, 2), 100.0)
+    run = _run([
+        (0, 1, 0, 0, 1, 10.0, 100.0, 0.0, codes.ORDER_ENTRY),
+        (0, 3, 2, 0, -1, 10.0, 103.0, 0.0, codes.ORDER_TAKE_PROFIT),  # +30
+        (0, 5, 4, 0, 1, 4.0, 100.0, 0.0, codes.ORDER_ENTRY),
+        (0, 7, 6, 0, -1, 4.0, 98.0, 0.0, codes.ORDER_STOP),  # -8
+        (0, 2, 1, 1, 1, 5.0, 100.0, 0.0, codes.ORDER_ENTRY),
+        (0, 4, 3, 1, -1, 5.0, 102.0, 0.0, codes.ORDER_MAX_HOLD),  # +10
+        (0, 8, 7, 1, 1, 5.0, 100.0, 0.0, codes.ORDER_ENTRY),
+        (0, 9, 8, 1, -1, 5.0, 100.0, 0.0, codes.ORDER_MAX_HOLD),  # break-even: 0
+    ])
+    trades = kpis.round_trips(run, flat, flat, flat)
+    assert sorted(trades["pnl"]) == pytest.approx([-8.0, 0.0, 10.0, 30.0])
+    tm = kpis.trade_metrics(trades, run).iloc[0]
+    assert tm["n_trades"] == 4
+    assert tm["win_rate"] == pytest.approx(2 / 4)  # the break-even trade is a trade, not a win
+    assert tm["profit_factor"] == pytest.approx((30 + 10) / 8)
+
+
+def test_mae_of_a_stop_that_gapped_below_the_lows_is_the_fill() -> None:
+    low = np.full((40, 2), 99.0)
+    high = np.full((40, 2), 101.0)
+    low[2:5, 0] = [99.0, 98.5, 98.0]  # lows while held: at worst -2 %
+    low[5, 0], high[5, 0] = 93.0, 96.0  # the stop bar gapped down: filled at its open, 95
+    run = _run([
+        (0, 2, 1, 0, 1, 10.0, 100.0, 0.0, codes.ORDER_ENTRY),
+        (0, 5, 4, 0, -1, 10.0, 95.0, 0.0, codes.ORDER_STOP),
+    ])
+    t = kpis.round_trips(run, low, high, (low + high) / 2).iloc[0]
+    assert t["mae"] == pytest.approx(-0.05)  # the fill below every low held, not -2 %
+    assert t["mfe"] == pytest.approx(0.01)
+
+
+def test_open_trade_whose_symbol_has_no_last_bar_is_marked_at_its_last_close() -> None:
+    close = np.full((40, 2), 100.0)
+    close[:, 1] = np.linspace(50.0, 60.0, 40)
+    close[-4:, 1] = np.nan  # BBB has no bar in the last four minutes (a thin ETF on IEX)
+    low, high = close - 0.5, close + 0.5
+    run = _run([(0, 10, 9, 1, 1, 7.0, close[10, 1], 0.25, codes.ORDER_ENTRY)])
+    t = kpis.round_trips(run, low, high, close).iloc[0]
+    assert bool(t["is_open"]) and t["exit_bar"] == -1
+    assert t["exit_price"] == pytest.approx(close[35, 1])
+    assert t["pnl"] == pytest.approx(7 * (close[35, 1] - close[10, 1]) - 0.25)
+    assert np.isfinite(t["mae"]) and t["mfe"] == pytest.approx((close[35, 1] + 0.5) / close[10, 1] - 1)

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.calendar import calendar, off_session, sessions
-from data.catalog import Catalog, WriteReport, check_symbol
+from data.catalog import Catalog, WriteReport, is_synthetic, normalize_symbol
 from tierlab.errors import ConfigError, DataError
 from tierlab.log import get_logger
 
@@ -71,14 +71,15 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
     """Download the missing sessions of `symbols` between `start` and `end` and write them to the catalog.
 
     A session that has not closed yet (at `now`, default the wall clock) is left out: the catalog
-    appends whole days, so a half-fetched day would otherwise never be completed.
+    appends whole days, so a half-fetched day would otherwise never be completed. Days holding the
+    synthetic sample are fetched and replaced; symbols are upper-cased.
     """
     from alpaca.data.enums import DataFeed
     from alpaca.data.requests import StockBarsRequest
     from alpaca.data.timeframe import TimeFrame
 
     catalog = catalog or Catalog()
-    symbols = [check_symbol(s.upper()) for s in symbols]
+    symbols = [normalize_symbol(s) for s in symbols]
     if pd.Timestamp(start) > pd.Timestamp(end):
         raise ConfigError(f"empty range: --start {pd.Timestamp(start).date()} is after --end {pd.Timestamp(end).date()}")
     try:
@@ -89,7 +90,9 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
     if end is None:
         log.info("fetch_nothing_closed", rule="closed_sessions_only", reason="no session in the range has closed yet")
         return [WriteReport(s) for s in symbols]
-    plan = {s: missing_runs(catalog.days(s), start, end) for s in symbols}
+    # synthetic sample days count as missing: real bars replace them (Catalog.write says so)
+    plan = {s: missing_runs([d for d, o in catalog.origins(s).items() if not is_synthetic(o)], start, end)
+            for s in symbols}
     todo = sum(len(r) for r in plan.values())
     if todo == 0:
         return [WriteReport(s) for s in symbols]
@@ -115,7 +118,7 @@ def fetch(symbols: Sequence[str], start: dt.date | str, end: dt.date | str, *, c
                 log.info("dropped_extended_hours", ticker=sym, rule="rth_only", reason="outside_session",
                          bars=int(outside.sum()))
                 df = df[~outside]
-            reports.append(catalog.write(sym, df, source="alpaca"))
+            reports.append(catalog.write(sym, df, source="alpaca", origin="alpaca"))
     return reports
 
 

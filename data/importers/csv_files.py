@@ -1,8 +1,10 @@
 """Import bar files (CSV or parquet, `datetime,open,high,low,close,volume[,vwap,trade_count]`) into the catalog.
 
 Times may carry an offset or be naive local times read in `tz`; bars labelled by their end (09:31 ..
-16:00 New York, common in exports) are moved to their start with `label="end"` (SPEC §0). Ascending or
-descending files are both fine; duplicates and mixed order are refused (or fixed with `repair`).
+16:00 New York, common in exports) are moved to their start with `label="end"` (SPEC §0), and a file
+that looks end-labelled but was read as start-labelled is refused with that hint. Ascending or
+descending files are both fine; duplicates and mixed order are refused (or fixed with `repair`, which
+refuses to drop more than 1% of the rows unless `force`). Symbols are upper-cased.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from data.bars import BAR_COLUMNS, OPTIONAL_COLUMNS
-from data.calendar import BAR
-from data.catalog import Catalog, WriteReport
+from data.calendar import BAR, off_session
+from data.catalog import Catalog, WriteReport, normalize_symbol
 from data.validate import validate_bars
 from tierlab.errors import DataError
 
 TIME_COLUMNS: tuple[str, ...] = ("datetime", "timestamp", "time", "date")
+MAX_REPAIR_SHARE = 0.01  # --repair may drop at most this share of a file's rows without --force
+END_LABEL_HINT = "these look like bars labelled by their end: try --label end"
 ALIASES: dict[str, str] = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap",
                            "n": "trade_count", "trades": "trade_count"}
 
@@ -46,7 +50,7 @@ def read_bar_file(path: str | os.PathLike[str], *, symbol: str, tz: str | None =
     if not tcols:
         raise DataError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)})")
     if "symbol" in raw.columns:
-        other = sorted(set(raw["symbol"].astype(str)) - {symbol})
+        other = sorted(set(raw["symbol"].astype(str).str.strip().str.upper()) - {symbol})
         if other:
             raise DataError(f"{path}: field symbol: file holds {', '.join(other)}, not only --symbol {symbol}")
         raw = raw.drop(columns="symbol")
@@ -94,18 +98,53 @@ def _parse_times(col: pd.Series, path: Path, tz: str | None, lines: np.ndarray) 
     return times.tz_convert("UTC").as_unit("ns")
 
 
+def looks_end_labelled(times: pd.DatetimeIndex) -> bool:
+    """True when bar starts include a session's closing minute (16:00, or 13:00 on a half day) and no opening one.
+
+    That is what bars labelled by their end (09:31 .. 16:00) look like when read as starts.
+    """
+    try:
+        off, before_off = off_session(times), off_session(times - BAR)
+    except DataError:  # dates the calendar does not cover: validation names them
+        return False
+    at_close = off & ~before_off  # the minute before is a session minute, this one is not
+    at_open = ~off & before_off  # this minute is in the session, the one before is not
+    return bool(at_close.any() and not at_open.any())
+
+
 def import_file(path: str | os.PathLike[str], symbol: str, *, tz: str | None = None, label: str = "start",
-                repair: bool = False, catalog: Catalog | None = None) -> WriteReport:
-    """Read, validate and append one symbol's bar file; only days missing from the catalog are added."""
+                repair: bool = False, force: bool = False, catalog: Catalog | None = None) -> WriteReport:
+    """Read, validate and append one symbol's bar file; only days missing from the catalog are added.
+
+    Real bars replace synthetic sample days (see `Catalog.write`). A repair that would drop more than
+    1% of the rows, or the closing bars of a file that looks end-labelled, is refused naming the share,
+    unless `force`.
+    """
     catalog = catalog or Catalog()
+    symbol = normalize_symbol(symbol)
     df, lines = read_bar_file(path, symbol=symbol, tz=tz, label=label)
-    clean, repairs = validate_bars(df, symbol, source=str(path), rows=lines, row_word="line", repair=repair)
-    report = catalog.write(symbol, clean, source=str(path))
+    hint = label == "start" and looks_end_labelled(df.index)
+    try:
+        clean, repairs = validate_bars(df, symbol, source=str(path), rows=lines, row_word="line", repair=repair)
+    except DataError as exc:
+        if hint and "field timestamp" in str(exc):
+            raise DataError(f"{exc}; {END_LABEL_HINT}") from None
+        raise
+    dropped = len(df) - len(clean)
+    share = dropped / len(df) if len(df) else 0.0
+    if dropped and not force and (share > MAX_REPAIR_SHARE or hint):
+        why = repairs[0].split(": ", 1)[-1] if repairs else ""
+        limit = f", more than {MAX_REPAIR_SHARE:.0%}" if share > MAX_REPAIR_SHARE else ""
+        late = f"; the rest would be imported one minute late: {END_LABEL_HINT}" if hint else ""
+        raise DataError(f"{symbol} ({path}): --repair would drop {dropped} of {len(df)} rows ({share:.1%}{limit}): "
+                        f"{why}{late}; nothing imported (add --force to drop them anyway)")
+    report = catalog.write(symbol, clean, source=str(path), origin="file")
     report.repairs = repairs + report.repairs
     return report
 
 
-def import_cli(path: str, symbol: str, tz: str | None, label: str, repair: bool, root: str | None) -> str:
+def import_cli(path: str, symbol: str, tz: str | None, label: str, repair: bool, root: str | None,
+               force: bool = False) -> str:
     """CLI entry (`python -m data import`): import one file and describe the result (and any repairs)."""
-    report = import_file(path, symbol, tz=tz, label=label, repair=repair, catalog=Catalog(root))
+    report = import_file(path, symbol, tz=tz, label=label, repair=repair, force=force, catalog=Catalog(root))
     return "\n".join([*report.repairs, report.summary()])
