@@ -327,14 +327,7 @@ def run_job(modes: str | None, params_files: str | None, start: str | None, end:
         universe += [s for s in p.universe if s not in universe]
     if not universe:
         universe = list(Params.preset().universe)
-    unknown = [s for s in universe if s not in set(catalog.symbols())]
-    if unknown:
-        raise ValueError(f"symbol(s) {', '.join(unknown)} are not in the catalog ({catalog.root})")
-    lo, hi = catalog.range(universe[0])
-    start_d = pd.Timestamp(start).date() if start else pd.Timestamp(lo).date()
-    end_d = pd.Timestamp(end).date() if end else pd.Timestamp(hi).date()
-    if start_d > end_d:
-        raise ValueError(f"empty range: --start {start_d} is after --end {end_d}")
+    start_d, end_d = catalog.resolve_range(universe, start, end)
     panel = catalog.read_panel(universe, start_d, end_d)
     if len(panel.index) == 0:
         raise ValueError(f"no bars for {', '.join(universe)} between {start_d} and {end_d}")
