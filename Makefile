@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODE   ?=
+MODES  ?=
 TRIALS ?= 30
 ARGS   ?=
 
-.PHONY: setup test lint backtest sample tune bench clean
+.PHONY: setup test lint backtest sample tune compare bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +33,9 @@ backtest: setup
 
 tune: setup
 	$(PY) -m research.tune --trials $(TRIALS) $(if $(MODE),--mode $(MODE)) $(ARGS)
+
+compare: setup
+	$(PY) -m research.compare $(if $(MODES),--modes $(MODES)) $(ARGS)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

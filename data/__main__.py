@@ -30,7 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     sam = sub.add_parser("sample", parents=[common], help="write the synthetic sample sessions")
     for name in ("--start", "--end"):
         sam.add_argument(name)
-    sub.add_parser("events", parents=[common], help="import filing events (CSV: time,ticker,form,title)").add_argument("path")
+    ev = sub.add_parser("events", parents=[common], help="import filing events: CSV (time,ticker,form,title[,url]) "
+                        "or EDGAR files (form/company .idx, latest-filings Atom feed)")
+    ev.add_argument("path")
+    ev.add_argument("--format", dest="fmt", choices=("auto", "csv", "edgar-index", "edgar-atom"), default="auto",
+                    help="file format (default: from the name: .idx, .atom/.xml, .csv)")
+    ev.add_argument("--tickers", help="CIK -> ticker table in EDGAR's company_tickers.json layout "
+                    "(default: the shipped table of the universe)")
     return p
 
 
@@ -45,7 +51,7 @@ def run(a: argparse.Namespace) -> str:
         return import_cli(a.path, a.symbol, a.tz, a.label, a.repair, a.root)
     if a.cmd == "fetch":
         return fetch_cli(a.symbols, a.start, a.end, a.url, a.feed, a.root)
-    return write_sample(a.root, a.start, a.end) if a.cmd == "sample" else import_events(a.path, a.root)
+    return write_sample(a.root, a.start, a.end) if a.cmd == "sample" else import_events(a.path, a.root, a.fmt, a.tickers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Layout under the root (default `tierlab_home()/"catalog"`):
     bars/symbol=NVDA/month=2024-11/bars.parquet   one file per symbol and month, sorted by time
-    events/events.parquet                         time, ticker, form, title
+    events/events.parquet                         time, ticker, form, title, url
 Month files (not day files) keep a year for 12 symbols at ~150 files, which reads in well under a
 second; the day is still the unit of appending: `write` adds only New York session days the catalog
 does not hold yet. Every write validates all input first, then writes temp files and renames them
@@ -240,12 +240,15 @@ class Catalog:
 
     def read_events(self, start: dt.date | pd.Timestamp | str | None = None,
                     end: dt.date | pd.Timestamp | str | None = None) -> pd.DataFrame:
-        """Stored filing events (time UTC, ticker, form, title), optionally from `start` to `end` (dates, inclusive)."""
+        """Stored filing events (time UTC, ticker, form, title, url), optionally from `start` to `end` (dates, inclusive)."""
         from data.events import EVENT_COLUMNS, empty_events
 
         if not self.events_path.exists():
             return empty_events()
         df = pq.read_table(self.events_path).to_pandas()
+        for c in EVENT_COLUMNS:  # a table written before a column (url) existed reads it as ""
+            if c not in df.columns:
+                df[c] = ""
         df["time"] = pd.DatetimeIndex(df["time"]).tz_convert("UTC")
         day = ny_days(pd.DatetimeIndex(df["time"]))
         keep = np.ones(len(df), dtype=bool)

@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 def test_the_notebooks_exist() -> None:
-    assert [p.name for p in NOTEBOOKS] == ["01_parameter_sweep.ipynb", "02_optuna_study.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_parameter_sweep.ipynb", "02_optuna_study.ipynb",
+                                         "03_relaxed_vs_default.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
