@@ -343,6 +343,52 @@ def _check_range(catalog: Any, symbols: Sequence[str], start: pd.Timestamp, end:
                             f"{pd.Timestamp(first).date()} .. {pd.Timestamp(last).date()}")
 
 
+class compile_notice:
+    """On a cold numba cache, say that kernels are compiling and show progress on stderr.
+
+    The first run after install or a kernel edit compiles every kernel (20-40 s); later runs load
+    them from the cache. Progress is the number of kernels cached so far and the seconds elapsed.
+    """
+
+    def __init__(self, stream: Any = None, every_s: float = 2.0) -> None:
+        import os
+
+        self.dir = Path(os.environ.get("NUMBA_CACHE_DIR", ""))
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self.cold = not self.dir.is_dir() or len(list(self.dir.rglob("*.nbi"))) < 4
+        self._stop: Any = None
+
+    def _count(self) -> int:
+        return len(list(self.dir.rglob("*.nbc"))) if self.dir.is_dir() else 0
+
+    def _tick(self) -> None:
+        t0 = time.monotonic()
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        while not self._stop.wait(self.every_s):
+            msg = f"  compiling kernels: {self._count()} cached, {time.monotonic() - t0:.0f} s"
+            print(f"\r{msg}" if tty else msg, end="" if tty else "\n", file=self.stream, flush=True)
+        if tty:
+            print(file=self.stream)
+
+    def __enter__(self) -> compile_notice:
+        if self.cold:
+            import threading
+
+            print(f"first run: compiling numba kernels into {self.dir} (once per install or kernel edit, "
+                  "about 20-40 s; later runs start at once)", file=self.stream, flush=True)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=1)
+            print(f"kernels compiled and cached ({self._count()} files)", file=self.stream, flush=True)
+
+
 def split_symbols(raw: str | Sequence[str] | None) -> list[str]:
     """Symbols from `A,B`, `A B`, `A, B` or several arguments, upper-cased, in order, no repeats."""
     if raw is None:
@@ -392,8 +438,9 @@ def run_job(mode: str | None = None, start: str | None = None, end: str | None =
     if len(panel.index) == 0:
         raise DataError(f"no trading sessions between {lo.date()} and {hi.date()}")
     strategy = TieredBasketStrategy(params)
-    bt = backtest(strategy, panel, params, events=catalog.read_events(lo.date(), hi.date()),
-                  progress=len(panel.index) > 20_000, risk_free=risk_free, vectorbt=False)
+    with compile_notice():
+        bt = backtest(strategy, panel, params, events=catalog.read_events(lo.date(), hi.date()),
+                      progress=len(panel.index) > 20_000, risk_free=risk_free, vectorbt=False)
     return bt, write_run(bt, catalog, out, argv=argv)
 
 
