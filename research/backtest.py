@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from research.runs import RunDir
 from strategies import codes
+from tierlab.cli import split_symbols
 from tierlab.errors import ConfigError, DataError, TierlabError
 
 if TYPE_CHECKING:  # numpy, pandas, numba, vectorbt and plotly load where used: --help answers at once
@@ -173,6 +173,22 @@ def backtest(
     )
 
 
+def score_groups(strategy: Strategy, param_sets: Sequence[Any]) -> list[list[int]]:
+    """Set indices grouped by score model (the strategy's SCORE_FIELDS), in first-seen order.
+
+    Sets of one group share one score computation and one kernel call; without SCORE_FIELDS
+    every set is its own group's member in the caller's order (a single group).
+    """
+    import sys as _sys
+
+    fields = getattr(strategy, "score_fields", None) or getattr(
+        _sys.modules.get(type(strategy).__module__), "SCORE_FIELDS", ())
+    groups: dict[tuple, list[int]] = {}
+    for k, p in enumerate(param_sets):
+        groups.setdefault(tuple(repr(getattr(p, f, None)) for f in fields), []).append(k)
+    return list(groups.values())
+
+
 def run_grid(
     strategy: Strategy,
     panel: Panel,
@@ -181,13 +197,15 @@ def run_grid(
     events: pd.DataFrame | None = None,
     init_cash: float = 10_000.0,
     progress: bool = False,
-    chunk: int = 64,
+    chunk: int = 128,
 ) -> GridResult:
     """Run N parameter sets as N columns and return one tidy metrics row per set plus equity curves.
 
-    Sets run in chunks of `chunk` (bounded memory), decisions unrecorded; metrics come from the
-    RunResult equity/cash and orders (see the module docstring for why not a vectorbt Portfolio).
-    Parameters that differ between sets are added as columns of `metrics`.
+    Sets run in chunks of at most `chunk` (bounded memory: 2 x T x chunk floats), decisions
+    unrecorded; each chunk holds sets of one score model (`score_groups`), so scores are computed
+    once per chunk and no chunk is split and merged again. Metrics come from the RunResult
+    equity/cash and orders (see the module docstring for why not a vectorbt Portfolio), in the
+    caller's set order. Parameters that differ between sets are added as columns of `metrics`.
     """
     import numpy as np
     import pandas as pd
@@ -198,32 +216,38 @@ def run_grid(
     param_sets = list(param_sets)
     if not param_sets:
         raise ConfigError("run_grid: param_sets is empty")
-    tables, curves = [], []
-    starts = range(0, len(param_sets), chunk)
-    if progress and len(param_sets) > chunk:
+    parts = [g[a : a + chunk] for g in score_groups(strategy, param_sets) for a in range(0, len(g), chunk)]
+    tables, curves, order = [], [], []
+    iterator: Any = parts
+    if progress and len(parts) > 1:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="grid", unit="chunk")
+        iterator = tqdm(parts, desc="grid", unit="chunk")
     index = None
-    for a in starts:
-        part = param_sets[a : a + chunk]
-        result = strategy.run(panel, part, events=events, init_cash=init_cash, record=False, progress=False)
+    keep = ["signals_generated", "suppressed_total", "actionable", "strong_signal_rate",
+            "token_overflow_rate", "direction_lock_hits", "llm_calls"]
+    for ks in iterator:
+        result = strategy.run(panel, [param_sets[k] for k in ks], events=events, init_cash=init_cash,
+                              record=False, progress=False)
         aligned = _align(panel, result)
         trades = kpis.round_trips(result, aligned.low, aligned.high, aligned.close)
         m = kpis.metrics(result, aligned.low, aligned.high, aligned.close, trades=trades)
-        sig = pd.DataFrame([kpis.signal_kpis(result, trades, k) for k in range(result.n_sets)])
-        keep = ["signals_generated", "suppressed_total", "actionable", "strong_signal_rate",
-                "token_overflow_rate", "direction_lock_hits", "llm_calls"]
+        by_set = dict(tuple(trades.groupby("set", sort=False)))  # one pass, not one filter per set
+        empty = trades.iloc[:0]
+        sig = pd.DataFrame([kpis.signal_kpis(result, by_set.get(k, empty), k) for k in range(result.n_sets)])
         tables.append(pd.concat([m, sig[keep]], axis=1))
         curves.append(result.equity)
+        order.extend(ks)
         index = result.index
-    metrics = pd.concat(tables, ignore_index=True)
+    back = np.argsort(np.asarray(order))  # chunk order -> the caller's order
+    metrics = pd.concat(tables, ignore_index=True).iloc[back].reset_index(drop=True)
     dicts = [_params_dict(p) for p in param_sets]
     for name in dicts[0]:
         values = [d.get(name) for d in dicts]
         if name not in metrics and all(np.isscalar(v) for v in values) and len(set(values)) > 1:
             metrics[name] = values
-    equity = pd.DataFrame(np.hstack(curves), index=index, columns=pd.RangeIndex(len(param_sets), name="set"))
+    equity = pd.DataFrame(np.hstack(curves)[:, back], index=index,
+                          columns=pd.RangeIndex(len(param_sets), name="set"))
     return GridResult(metrics=metrics, equity=equity, params=param_sets, seconds=time.perf_counter() - t0)
 
 
@@ -387,19 +411,6 @@ class compile_notice:
             self._stop.set()
             self._thread.join(timeout=1)
             print(f"kernels compiled and cached ({self._count()} files)", file=self.stream, flush=True)
-
-
-def split_symbols(raw: str | Sequence[str] | None) -> list[str]:
-    """Symbols from `A,B`, `A B`, `A, B` or several arguments, upper-cased, in order, no repeats."""
-    if raw is None:
-        return []
-    parts = [raw] if isinstance(raw, str) else list(raw)
-    out: list[str] = []
-    for part in parts:
-        for s in re.split(r"[,\s]+", part):
-            if s and s.upper() not in out:
-                out.append(s.upper())
-    return out
 
 
 def run_job(mode: str | None = None, start: str | None = None, end: str | None = None,

@@ -74,8 +74,15 @@ def run_name(kind: str, mode: str | None, start: Any, end: Any, digest: str) -> 
 
 
 def command_line(argv: Iterable[str] | None = None) -> str:
-    """The command as typed (`python -m research.backtest --mode relaxed`), quoted for a shell."""
-    args = list(sys.argv if argv is None else argv)
+    """The command as typed (`python -m research.backtest --mode relaxed`), quoted for a shell.
+
+    `argv` is [module, *args] when a CLI's main() is called in-process; default: this process's.
+    """
+    if argv is not None:
+        args = list(argv)
+        head = ["python", "-m", args[0]] if args and "/" not in args[0] else args[:1]
+        return shlex.join([*head, *args[1:]])
+    args = list(sys.argv)
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     head = ["python", "-m", spec.name.removesuffix(".__main__")] if spec is not None and spec.name else args[:1]

@@ -111,7 +111,9 @@ def sample_run(sample_home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _text(fragment: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", fragment))
+    import html
+
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", fragment)))
 
 
 def _table(dom: str, table_id: str) -> str:
