@@ -191,3 +191,27 @@ def test_risk_free_rate_is_a_parameter(home: Path, tmp_path: Path, capsys: pytes
     _, zero, _ = _run([*week, "--out", str(tmp_path)], capsys)
     _, high, _ = _run([*week, "--risk-free", "0.5", "--out", str(tmp_path)], capsys)
     assert sharpe(high) < sharpe(zero)
+
+
+def test_cold_kernel_cache_says_it_is_compiling_and_shows_progress(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import io as _io
+
+    from research.backtest import compile_notice
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    err = _io.StringIO()
+    with compile_notice(stream=err, every_s=0.05):
+        (tmp_path / "cache").mkdir()
+        for i in range(3):
+            (tmp_path / "cache" / f"k{i}.nbc").write_bytes(b"")
+            time.sleep(0.1)
+    text = err.getvalue()
+    assert text.startswith("first run: compiling numba kernels") and "compiling kernels: " in text
+    assert "kernels compiled and cached (3 files)" in text
+    for i in range(4):
+        (tmp_path / "cache" / f"k{i}.nbi").write_bytes(b"")
+    warm = _io.StringIO()
+    with compile_notice(stream=warm, every_s=0.05):
+        time.sleep(0.1)
+    assert warm.getvalue() == ""  # a warm cache: nothing to say
