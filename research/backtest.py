@@ -367,50 +367,11 @@ def _check_range(catalog: Any, symbols: Sequence[str], start: pd.Timestamp, end:
                             f"{pd.Timestamp(first).date()} .. {pd.Timestamp(last).date()}")
 
 
-class compile_notice:
-    """On a cold numba cache, say that kernels are compiling and show progress on stderr.
+def _env_mode() -> str:
+    """The preset when neither --mode nor --params names one: TIERLAB_MODE, else default."""
+    import os
 
-    The first run after install or a kernel edit compiles every kernel (20-40 s); later runs load
-    them from the cache. Progress is the number of kernels cached so far and the seconds elapsed.
-    """
-
-    def __init__(self, stream: Any = None, every_s: float = 2.0) -> None:
-        import os
-
-        self.dir = Path(os.environ.get("NUMBA_CACHE_DIR", ""))
-        self.stream = stream or sys.stderr
-        self.every_s = every_s
-        self.cold = not self.dir.is_dir() or len(list(self.dir.rglob("*.nbi"))) < 4
-        self._stop: Any = None
-
-    def _count(self) -> int:
-        return len(list(self.dir.rglob("*.nbc"))) if self.dir.is_dir() else 0
-
-    def _tick(self) -> None:
-        t0 = time.monotonic()
-        tty = getattr(self.stream, "isatty", lambda: False)()
-        while not self._stop.wait(self.every_s):
-            msg = f"  compiling kernels: {self._count()} cached, {time.monotonic() - t0:.0f} s"
-            print(f"\r{msg}" if tty else msg, end="" if tty else "\n", file=self.stream, flush=True)
-        if tty:
-            print(file=self.stream)
-
-    def __enter__(self) -> compile_notice:
-        if self.cold:
-            import threading
-
-            print(f"first run: compiling numba kernels into {self.dir} (once per install or kernel edit, "
-                  "about 20-40 s; later runs start at once)", file=self.stream, flush=True)
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._tick, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._thread.join(timeout=1)
-            print(f"kernels compiled and cached ({self._count()} files)", file=self.stream, flush=True)
+    return os.environ.get("TIERLAB_MODE", "").strip() or "default"
 
 
 def run_job(mode: str | None = None, start: str | None = None, end: str | None = None,
@@ -427,10 +388,10 @@ def run_job(mode: str | None = None, start: str | None = None, end: str | None =
     from strategies.params import Params
     from strategies.tiered_basket import TieredBasketStrategy
 
-    params = Params.load(mode if params_file else mode or "default", params_file)  # preset, file, TIERLAB_*
+    params = Params.load(mode or (None if params_file else _env_mode()), params_file)  # preset, file, TIERLAB_*
+    symbols = ",".join(split_symbols(symbols)) if symbols is not None else None
     mode = params.mode
     catalog = ensure_sample()
-    symbols = ",".join(split_symbols(symbols)) if symbols is not None else None
     wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else list(params.universe)
     if not wanted:
         raise ConfigError("--symbols is empty")
@@ -511,6 +472,52 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+class compile_notice:
+    """On a cold numba cache, say that kernels are compiling and show progress on stderr.
+
+    The first run after install or a kernel edit compiles every kernel (20-40 s); later runs load
+    them from the cache. Progress is the number of kernels cached so far and the seconds elapsed.
+    """
+
+    def __init__(self, stream: Any = None, every_s: float = 2.0) -> None:
+        import os
+
+        self.dir = Path(os.environ.get("NUMBA_CACHE_DIR", ""))
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self.cold = not self.dir.is_dir() or len(list(self.dir.rglob("*.nbi"))) < 4
+        self._stop: Any = None
+
+    def _count(self) -> int:
+        return len(list(self.dir.rglob("*.nbc"))) if self.dir.is_dir() else 0
+
+    def _tick(self) -> None:
+        t0 = time.monotonic()
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        while not self._stop.wait(self.every_s):
+            msg = f"  compiling kernels: {self._count()} cached, {time.monotonic() - t0:.0f} s"
+            print(f"\r{msg}" if tty else msg, end="" if tty else "\n", file=self.stream, flush=True)
+        if tty:
+            print(file=self.stream)
+
+    def __enter__(self) -> compile_notice:
+        if self.cold:
+            import threading
+
+            print(f"first run: compiling numba kernels into {self.dir} (once per install or kernel edit, "
+                  "about 20-40 s; later runs start at once)", file=self.stream, flush=True)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._tick, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=1)
+            print(f"kernels compiled and cached ({self._count()} files)", file=self.stream, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
