@@ -108,9 +108,10 @@ def rangebreaks(index: pd.DatetimeIndex) -> list[dict[str, Any]]:
     breaks: list[dict[str, Any]] = [{"bounds": ["sat", "mon"]}, {"bounds": [16, 9.5], "pattern": "hour"}]
     days = pd.DatetimeIndex(t.normalize().unique())
     weekdays = pd.bdate_range(days[0], days[-1])
-    holidays = [d.strftime("%Y-%m-%d") for d in weekdays.difference(days)]
-    if holidays:
-        breaks.append({"values": holidays})
+    # holidays and half-day afternoons as session-hours gaps only: a break overlapping the nightly
+    # one (e.g. a whole holiday from 00:00) makes plotly draw lines out of order
+    for d in weekdays.difference(days):
+        breaks.append({"values": [f"{d:%Y-%m-%d} 09:30"], "dvalue": int(6.5 * 3600 * 1000)})
     last = pd.Series(t, index=t).groupby(t.normalize()).max()
     for day, end in last.items():
         close = day + pd.Timedelta(hours=16)
