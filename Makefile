@@ -41,4 +41,4 @@ bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache reports
+	rm -rf $(VENV) .pytest_cache .ruff_cache   # reports/ holds your runs: never removed here

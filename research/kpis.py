@@ -2,14 +2,23 @@
 
 One definition each, used by the single-set backtest, the grid and the report:
 - equity figures from RunResult.equity/cash (T, K): total return, CAGR (252 sessions a year),
-  Sharpe and Sortino of daily returns (New York session days; vectorbt's returns accessor, 252
-  days a year, risk-free 0), max drawdown of the per-bar equity, Calmar = CAGR / |max drawdown|,
-  exposure = mean share of equity held in positions;
+  Sharpe (with its standard error, Lo 2002) and Sortino of daily returns (New York session days;
+  vectorbt's formulas in numpy, 252 days a year, `risk_free` an annual rate, default 0), max
+  drawdown of the per-bar equity (bar-level, marked at each bar close), Calmar = CAGR / |max
+  drawdown|, exposure = mean share of equity held in positions, n_sessions (annualised figures on
+  fewer than a year of sessions carry a warning: `short_sample_warning`);
 - trade figures from round trips (a trade opens when a symbol's position leaves 0 and closes when
   it returns to 0): n_trades (closed), win rate, profit factor, stop-out rate (closing order reason
   `stop`), MAE/MFE (worst/best low/high from the entry bar to the exit, relative to the entry
   price), fees, turnover (traded notional / mean equity);
-- signal KPIs from reason_counts, decisions and extras (SPEC §8), per New York hour and in total.
+- signal KPIs from reason_counts, decisions and extras (SPEC §8), per New York hour and in total,
+  each rate on one basis in both: flip-flop rate = flip-flops / actionable signals (SPEC §8);
+  token overflow rate = evaluations that found no token (`token`) / wanted evaluations (every
+  decision other than not_evaluated), so the hours add up to the total. The per-tier
+  `token_overflow_rate_<tier>` are the kernel's token-level counts (tokens refused / wanted).
+
+A non-finite figure is NaN with a reason (`nonfinite_reasons`), shown the same everywhere by
+`fmt_value` ("n/a (no losing trades)").
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import vectorbt  # noqa: F401  (registers the .vbt accessor)
 from numba import njit, prange
 
 from data.calendar import ny_days
@@ -47,17 +55,49 @@ def epoch_seconds(index: pd.DatetimeIndex) -> np.ndarray:
     return index.as_unit("s").asi8
 
 
-def equity_metrics(equity: np.ndarray, cash: np.ndarray, index: pd.DatetimeIndex, init_cash: float) -> pd.DataFrame:
+def daily_rf(risk_free: float) -> float:
+    """The daily risk-free return of an annual rate (compounded over 252 sessions)."""
+    return (1.0 + float(risk_free)) ** (1.0 / SESSIONS_PER_YEAR) - 1.0
+
+
+def ratio_figures(rets: np.ndarray, risk_free: float = 0.0) -> dict[str, np.ndarray]:
+    """Sharpe, its standard error and Sortino per column of (D, K) daily returns.
+
+    vectorbt's formulas (mean / std with ddof 1 x sqrt(252); Sortino: mean excess return / root
+    mean square of the negative excess returns, annualised), in numpy so the CLI need not import
+    vectorbt. Where vectorbt gives +-inf (no variation, no losing day) this gives NaN, and
+    `nonfinite_reasons` says why. SE(Sharpe) = sqrt((1 + SR_d^2 / 2) / D) x sqrt(252) (Lo 2002, iid).
+    """
+    rets = np.asarray(rets, dtype=np.float64)
+    if rets.ndim == 1:
+        rets = rets[:, None]
+    n = rets.shape[0]
+    ann = np.sqrt(SESSIONS_PER_YEAR)
+    nan = np.full(rets.shape[1], np.nan)
+    if n < 2:
+        return {"sharpe": nan, "sharpe_se": nan.copy(), "sortino": nan.copy()}
+    ex = rets - daily_rf(risk_free)
+    mean = ex.mean(axis=0)
+    std = ex.std(axis=0, ddof=1)
+    down = np.sqrt(np.mean(np.minimum(ex, 0.0) ** 2, axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sr_d = np.where(std > 0, mean / std, np.nan)
+        sortino = np.where(down > 0, mean / down * ann, np.nan)
+    return {"sharpe": sr_d * ann, "sharpe_se": np.sqrt((1.0 + 0.5 * sr_d**2) / n) * ann, "sortino": sortino}
+
+
+def equity_metrics(equity: np.ndarray, cash: np.ndarray, index: pd.DatetimeIndex, init_cash: float,
+                   risk_free: float = 0.0) -> pd.DataFrame:
     """Return-based figures per set (rows) from (T, K) equity and cash at each bar close."""
     equity = np.asarray(equity, dtype=np.float64).reshape(len(index), -1)
     cash = np.asarray(cash, dtype=np.float64).reshape(len(index), -1)
     days = session_days(index)
     last_of_day = np.flatnonzero(np.r_[days[1:] != days[:-1], True])
     daily = np.vstack([np.full((1, equity.shape[1]), init_cash), equity[last_of_day]])
-    rets = pd.DataFrame(daily[1:] / daily[:-1] - 1.0, index=index[last_of_day])
-    acc = rets.vbt.returns(freq="1D", year_freq=f"{SESSIONS_PER_YEAR}D")
+    ratios = ratio_figures(daily[1:] / daily[:-1] - 1.0, risk_free)
     final = equity[-1]
-    years = len(last_of_day) / SESSIONS_PER_YEAR
+    n_sessions = len(last_of_day)
+    years = n_sessions / SESSIONS_PER_YEAR
     total = final / init_cash - 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
         cagr = np.where(final > 0, (final / init_cash) ** (1.0 / years) - 1.0, -1.0)
@@ -69,12 +109,14 @@ def equity_metrics(equity: np.ndarray, cash: np.ndarray, index: pd.DatetimeIndex
         {
             "total_return": total,
             "cagr": cagr,
-            "sharpe": np.asarray(acc.sharpe_ratio(), dtype=float).reshape(-1),
-            "sortino": np.asarray(acc.sortino_ratio(), dtype=float).reshape(-1),
+            "sharpe": ratios["sharpe"],
+            "sharpe_se": ratios["sharpe_se"],
+            "sortino": ratios["sortino"],
             "calmar": calmar,
             "max_drawdown": max_dd,
             "exposure": exposure,
             "final_equity": final,
+            "n_sessions": np.full(equity.shape[1], n_sessions, dtype=np.int64),
         }
     )
 
@@ -210,10 +252,11 @@ def trade_metrics(trades: pd.DataFrame, result: RunResult) -> pd.DataFrame:
 
 
 def metrics(result: RunResult, low: np.ndarray, high: np.ndarray, close: np.ndarray, *, chunk: int = 32,
-            trades: pd.DataFrame | None = None) -> pd.DataFrame:
+            trades: pd.DataFrame | None = None, risk_free: float = 0.0) -> pd.DataFrame:
     """Every per-set figure in one tidy table (one row per set), equity figures in column chunks."""
     parts = [
-        equity_metrics(result.equity[:, a : a + chunk], result.cash[:, a : a + chunk], result.index, result.init_cash)
+        equity_metrics(result.equity[:, a : a + chunk], result.cash[:, a : a + chunk], result.index, result.init_cash,
+                       risk_free)
         for a in range(0, result.n_sets, chunk)
     ]
     eq = pd.concat(parts, ignore_index=True)
@@ -286,21 +329,19 @@ def signal_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> dict[
         out["strong_signal_rate"] = float(strong.sum()) / evaluated_n if evaluated_n else np.nan
     else:
         out["strong_signal_rate"] = np.nan
-    if "token_wants" in ex and "token_overflows" in ex:
+    # one basis for the total and the hours: evaluations that found no token / wanted evaluations
+    out["token_overflow_rate"] = counts[codes.TOKEN] / generated if generated else np.nan
+    if "token_wants" in ex and "token_overflows" in ex:  # token-level, per tier (the kernel's counters)
         wants, over = np.asarray(ex["token_wants"][set_], float), np.asarray(ex["token_overflows"][set_], float)
-        out["token_overflow_rate"] = over.sum() / wants.sum() if wants.sum() else 0.0
         for i, tier in enumerate(TIERS[: len(wants)]):
-            out[f"token_overflow_rate_{tier}"] = over[i] / wants[i] if wants[i] else 0.0
-    else:
-        wanted = generated
-        out["token_overflow_rate"] = counts[codes.TOKEN] / wanted if wanted else 0.0
+            out[f"token_overflow_rate_{tier}"] = over[i] / wants[i] if wants[i] else np.nan
     out["llm_calls"] = float(np.asarray(ex["llm_calls"])[set_]) if "llm_calls" in ex else 0.0
     if result.decisions is not None:
         d = result.decisions[set_]
         flips = flip_flops_nb(_DIRECTION[d], epoch_seconds(result.index), FLIP_WINDOW_S)
-        n_sig = int((_DIRECTION[d] != 0).sum())
         out["flip_flops"] = int(flips.sum())
-        out["flip_flop_rate"] = flips.sum() / n_sig if n_sig else 0.0
+        n_act = int(counts[codes.ACTIONABLE])  # SPEC §8: flip-flop rate = flip-flops / actionable signals
+        out["flip_flop_rate"] = flips.sum() / n_act if n_act else np.nan
     else:
         out["flip_flops"] = out["flip_flop_rate"] = np.nan
     closed = trades[(trades["set"] == set_) & ~trades["is_open"]]
@@ -329,20 +370,21 @@ def hourly_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> pd.Da
             out[f"suppressed_{codes.DECISION_NAMES[c]}"] = per_code[:, c]
         out["actionable"] = per_code[:, codes.ACTIONABLE]
         out["direction_lock_hits"] = per_code[:, codes.DIRECTION_LOCK]
-        wanted = out["signals_generated"].to_numpy()
+        wanted = out["signals_generated"].to_numpy()  # the total's basis: token / wanted evaluations
+        out["token_overflows"] = per_code[:, codes.TOKEN]
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["token_overflow_rate"] = np.where(wanted > 0, per_code[:, codes.TOKEN] / wanted, 0.0)
+            out["token_overflow_rate"] = np.where(wanted > 0, per_code[:, codes.TOKEN] / np.maximum(wanted, 1), np.nan)
         strong = _strong(result, set_, _evaluated(d))
         out["strong_signals"] = (
             np.bincount(pos, weights=strong.sum(axis=1), minlength=len(out)) if strong is not None else np.nan
         )
         direction = _DIRECTION[d]
         flips = flip_flops_nb(direction, epoch_seconds(result.index), FLIP_WINDOW_S)
-        n_sig = np.bincount(pos, weights=(direction != 0).sum(axis=1), minlength=len(out))
-        n_flip = np.bincount(pos, weights=flips.sum(axis=1), minlength=len(out))
+        n_act = per_code[:, codes.ACTIONABLE]
+        n_flip = np.bincount(pos, weights=flips.sum(axis=1), minlength=len(out)).astype(np.int64)
         out["flip_flops"] = n_flip
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["flip_flop_rate"] = np.where(n_sig > 0, n_flip / n_sig, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # SPEC §8: flip-flops / actionable signals
+            out["flip_flop_rate"] = np.where(n_act > 0, n_flip / np.maximum(n_act, 1), np.nan)
     out["llm_calls"] = 0.0 if "llm_calls" not in result.extras else np.nan
     closed = trades[(trades["set"] == set_) & ~trades["is_open"]].copy()
     closed["ny_hour"] = hours[closed["exit_bar"].to_numpy()] if len(closed) else []
@@ -352,3 +394,98 @@ def hourly_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> pd.Da
     out["mae_median"] = g["mae"].median().reindex(out.index)
     out["mfe_median"] = g["mfe"].median().reindex(out.index)
     return out
+
+
+# --- one way to show a figure ------------------------------------------------------------------
+
+PERCENT = frozenset({
+    "total_return", "cagr", "max_drawdown", "win_rate", "exposure", "strong_signal_rate", "flip_flop_rate",
+    "token_overflow_rate", "token_overflow_rate_A", "token_overflow_rate_B", "token_overflow_rate_Reserve",
+    "stop_out_rate", "mae_median", "mfe_median", "share", "return", "mae", "mfe", "risk_free",
+})
+MONEY = frozenset({"fees", "slippage_cost", "final_equity", "pnl", "net_pnl", "gross_pnl", "init_cash"})
+RATIO = frozenset({"sharpe", "sharpe_se", "sortino", "calmar", "profit_factor", "turnover"})
+ANNUALISED = ("cagr", "sharpe", "sortino", "calmar")
+
+
+def nonfinite_reasons(metrics: dict[str, Any], signals: dict[str, Any] | None = None) -> dict[str, str]:
+    """Why each non-finite figure is not a number, in words a user can act on."""
+    m = {**metrics, **(signals or {})}
+    n_trades = m.get("n_trades", 0) or 0
+    closed = "no closed trades" if not n_trades else None
+    reasons = {
+        "win_rate": closed, "stop_out_rate": closed, "mae_median": closed, "mfe_median": closed,
+        "profit_factor": closed or "no losing trades",
+        "sharpe": "fewer than 2 sessions" if m.get("n_sessions", 2) < 2 else "no variation in daily returns",
+        "sortino": "fewer than 2 sessions" if m.get("n_sessions", 2) < 2 else "no losing session",
+        "calmar": "no drawdown",
+        "flip_flop_rate": "no actionable signals",
+        "token_overflow_rate": "no evaluation wanted",
+        "strong_signal_rate": "nothing evaluated, or no scores recorded",
+    }
+    reasons["sharpe_se"] = reasons["sharpe"]
+    out = {}
+    for k, v in m.items():
+        if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+            out[k] = reasons.get(k) or (f"{k.removeprefix('token_overflow_rate_')} wanted no token"
+                                        if k.startswith("token_overflow_rate_") else "not computed")
+    return out
+
+
+def fmt_value(key: str, v: Any, reason: str | None = None) -> str:
+    """A figure with its unit: percent as percent, money as money, counts as integers, ratios as x.xx.
+
+    Non-finite values read `n/a (<reason>)` wherever they are shown (CLI summary, report, tables).
+    """
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        inf = "inf, " if isinstance(v, (float, np.floating)) and np.isinf(v) else ""
+        return f"n/a ({inf}{reason})" if reason else ("n/a (inf)" if inf else "n/a")
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if not isinstance(v, (float, np.floating)):
+        return str(v)
+    if key in PERCENT or key.startswith(("token_overflow_rate", "suppressed_share")):
+        return f"{v:.2%}"
+    if key in MONEY:
+        return f"${v:,.2f}" if v >= 0 else f"-${-v:,.2f}"
+    if key in RATIO:
+        return f"{v:,.2f}"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:,.4g}"
+
+
+def short_sample_warning(n_sessions: int) -> str | None:
+    """The warning annualised figures carry on fewer than a year of sessions (None from a year on)."""
+    if n_sessions >= SESSIONS_PER_YEAR:
+        return None
+    return (f"annualised from {n_sessions} session{'s' if n_sessions != 1 else ''} "
+            f"(< {SESSIONS_PER_YEAR}): CAGR, Sharpe, Sortino and Calmar extrapolate a short sample")
+
+
+def buy_and_hold(close: np.ndarray, init_cash: float = 1.0) -> np.ndarray:
+    """Equal-weight buy-and-hold value of (T, N) closes: cash split at each symbol's first close, held.
+
+    A symbol without a bar is marked at its last close (the first one before it trades).
+    """
+    c = pd.DataFrame(np.asarray(close, dtype=np.float64)).ffill().bfill().to_numpy()
+    if c.size == 0:
+        return np.full(len(close), float(init_cash))
+    return init_cash * np.nanmean(c / c[0], axis=1)
+
+
+def slippage_cost(result: RunResult, open_: np.ndarray, set_: int = 0) -> float:
+    """Modelled slippage of one set's market fills: sum of qty x |fill price - that bar's open|.
+
+    Stops and take-profits fill at their level (or the open on a gap), unslipped; market orders
+    fill at open x (1 +- slippage), so this is exactly the cost the fill model charged.
+    """
+    o = result.orders[result.orders["set"] == set_]
+    if not len(o):
+        return 0.0
+    resting = np.isin(o["reason"], (codes.ORDER_STOP, codes.ORDER_TAKE_PROFIT))
+    ref = open_[o["bar"], o["col"]]
+    cost = o["qty"] * np.abs(o["price"] - ref)
+    return float(np.nansum(np.where(resting, 0.0, cost)))

@@ -13,12 +13,15 @@ RunResult again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import vectorbt as vbt
 
 from strategies.base import RunResult
+
+if TYPE_CHECKING:
+    import vectorbt as vbt
 
 
 @dataclass(eq=False)
@@ -49,6 +52,8 @@ def replay(result: RunResult, close: np.ndarray, sets: list[int] | None = None, 
     `close` is the panel's (T, N) close; it is forward-filled for valuation only, as the rules'
     own equity marks a symbol without a bar at its last known close.
     """
+    import vectorbt as vbt  # 3.6 s to import: only where a Portfolio is built, never for --help
+
     sets = list(range(result.n_sets)) if sets is None else list(sets)
     T, N = close.shape
     o = result.orders[np.isin(result.orders["set"], sets)]

@@ -132,17 +132,44 @@ def render_html(title: str, lines: Sequence[str], table: pd.DataFrame, figures: 
         "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>",
         f"</head><body><h1>{html.escape(title)}</h1>",
-        "<h2>Best trial and overfitting guards</h2><pre>" + html.escape("\n".join(lines)) + "</pre>",
+        "<h2>Best trial and overfitting guards</h2><pre>" + html.escape("\n".join(_without_fold_table(lines)))
+        + "</pre>",
         "<h2>In-sample vs out-of-sample per fold</h2>",
         table.to_html(float_format=lambda x: f"{x:.4f}", na_rep="-"),
     ]
     first = True
     for name, fig in figures.items():
+        _fit(name, fig)
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first, default_width="100%"))
         first = False
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _without_fold_table(lines: Sequence[str]) -> list[str]:
+    """The summary without the text copy of the fold table (the page shows it once, as a table)."""
+    out: list[str] = []
+    skipping = False
+    for ln in lines:
+        if ln.strip() == "in-sample vs out-of-sample per fold:":
+            skipping = True
+            out.append(ln.rstrip(":") + ": the table below")
+            continue
+        if skipping and ln.startswith("    "):
+            continue
+        skipping = False
+        out.append(ln)
+    return out
+
+
+def _fit(name: str, fig: Any) -> None:
+    """Optuna's figures on the page: slices fit the page width; the pruning plot's x axis is folds."""
+    if "Slice" in name:
+        fig.update_layout(width=None, autosize=True)
+    if "pruning" in name.lower() or "intermediate" in name.lower():
+        fig.update_xaxes(title_text="walk-forward fold", dtick=1)
+        fig.update_yaxes(title_text="running mean of the out-of-sample score")
 
 
 def _short(v: Any) -> str:

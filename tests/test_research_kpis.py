@@ -80,7 +80,7 @@ def test_flip_flops_strong_signals_and_hours() -> None:
     scores[1:4, 1] = 0.1
     run = _run([], decisions=d, scores=scores, params=SimpleNamespace(cutoff=0.45, cutoff_delta=0.0))
     s = kpis.signal_kpis(run, kpis.round_trips(run, scores, scores, scores), 0)
-    assert s["flip_flops"] == 1 and s["flip_flop_rate"] == pytest.approx(1 / 4)
+    assert s["flip_flops"] == 1 and s["flip_flop_rate"] == pytest.approx(1 / 2)  # SPEC §8: per actionable (2)
     assert s["signals_generated"] == 9 and s["suppressed_below_cutoff"] == 3 and s["suppressed_cooldown"] == 1
     assert s["token_overflow_rate"] == pytest.approx(1 / 9)
     # strong: |score| >= 0.65 among the 8 evaluated (the token-skipped one was not evaluated)
