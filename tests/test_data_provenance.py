@@ -73,7 +73,7 @@ def test_real_bars_in_a_fresh_catalog_stay_real_through_a_backtest(_isolated_hom
     assert out.splitlines()[0].startswith(f"tiered_basket: {REAL_WEEK[0]} .. {REAL_WEEK[1]}, 4 symbols")
     assert snapshot(root) == before  # no sample months, no sample.json, no events file: nothing written
     assert {s: Catalog(root).origins(s) for s in BASKET} == days
-    report = Path(out.split("report: ", 1)[1].strip())
+    report = Path(out.split("report: ", 1)[1].splitlines()[0].strip())
     orders = pd.read_parquet(report.parent / "orders.parquet")
     assert len(orders) and (orders["time"].dt.tz_convert("America/New_York").dt.year == 2025).all()
 
