@@ -342,20 +342,28 @@ class WalkLog:
         return triggers_frame(self.triggers)
 
 
+_FILLS_PER_DAY = [24]  # learned per process: the order buffer's first guess, raised when a run needed more
+
+
 def run_arrays(inputs: BarInputs, plist: list[Params], st: K.Structure, init_cash: float, record: bool) -> tuple:
-    """Run `kernel.run_nb` on prepared inputs, growing the order buffer until every fill fits."""
+    """Run `kernel.run_nb` on prepared inputs, growing the order buffer until every fill fits.
+
+    A run that overflows the buffer is re-run at the exact size, and the fills per day it needed
+    become the next run's first guess, so a sweep in chunks re-runs at most its first chunk.
+    """
     pmat = param_matrix(plist)
     n_days = max(1, len(np.unique(inputs.day)))
-    capacity = 64 + 24 * n_days
+    capacity = 64 + _FILLS_PER_DAY[0] * n_days
     while True:
         out = K.run_nb(inputs.open, inputs.high, inputs.low, inputs.close, inputs.scores, inputs.events,
                        inputs.close_epoch, inputs.open_epoch, inputs.day, inputs.minutes_to_close, inputs.ny_minute,
                        inputs.llm_calls, pmat, st, float(init_cash), record, capacity,
                        K.EVENTS_PER_SESSION * (n_days + 1))
-        fills = out[4][:, K.ST_FILLS]
-        if fills.max(initial=0) <= capacity:
+        fills = int(out[4][:, K.ST_FILLS].max(initial=0))
+        if fills <= capacity:
             return out
-        capacity = int(fills.max()) + 16  # exact size known from the first pass
+        _FILLS_PER_DAY[0] = max(_FILLS_PER_DAY[0], -(-fills // n_days) + 4)
+        capacity = fills + 16  # exact size known from the first pass
 
 
 def _merge(results: list[tuple[list[int], RunResult]], plist: list[Params]) -> RunResult:
