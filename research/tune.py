@@ -59,6 +59,7 @@ import signal
 import socket
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -304,8 +305,10 @@ def _redis_storage(url: str) -> optuna.storages.BaseStorage:
     prefix = query.pop("prefix", [REDIS_PREFIX])[0]
     if query:
         raise ConfigError(f"--storage {_safe_url(url)}: unknown option {sorted(query)[0]!r} (only ?prefix=NAME)")
-    backend = JournalRedisBackend(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), prefix=prefix)
-    return JournalStorage(backend)
+    with warnings.catch_warnings():  # "JournalRedisBackend is experimental": noise on every run
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        backend = JournalRedisBackend(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), prefix=prefix)
+        return JournalStorage(backend)
 
 
 def _journal_file_storage(path: str) -> optuna.storages.BaseStorage:

@@ -210,6 +210,7 @@ def test_bad_storage_is_one_line_and_exit_2(tmp_path: Any, capsys: pytest.Captur
         "redis://127.0.0.1:6379/zero": "expected redis://HOST:PORT/DB",
         "nosuchdb://user@host/x": "cannot open it",
         "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test": "cannot open it",
+        "redis://:hunter2@127.0.0.1:1/0": "cannot open it",  # nothing listens on port 1
         str(tmp_path / "missing" / "study.journal"): "does not exist",
     }
     for url, words in bad.items():
@@ -261,10 +262,12 @@ def test_ctrl_c_keeps_finished_trials_and_the_rerun_completes_the_study(tmp_path
     assert len(kept_trials(study)) == 30 and len(study.trials) == 31
 
 
+def toy_problem_env_sleep(cfg: TuneConfig) -> Problem:
+    """The stand-in problem with each window taking $TOY_SLEEP seconds (module level: --workers pickles it)."""
+    return toy_problem(dataclasses.replace(cfg, extra={"sleep": float(os.environ.get("TOY_SLEEP", "0"))}))
+
+
 if __name__ == "__main__":  # the stand-in problem behind the real CLI, for tests that need processes
     from research.tune import main
 
-    def _toy_with_sleep(cfg: TuneConfig) -> Problem:
-        return toy_problem(dataclasses.replace(cfg, extra={"sleep": float(os.environ.get("TOY_SLEEP", "0"))}))
-
-    raise SystemExit(main(sys.argv[1:], _toy_with_sleep))
+    raise SystemExit(main(sys.argv[1:], toy_problem_env_sleep))
