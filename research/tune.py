@@ -31,8 +31,9 @@ a plain file path (a journal file) lets processes on several machines share one 
 is the number of finished trials the study should hold: running the same command again adds only the
 missing ones (none, if the study is complete), so a re-run reports the same best trial; several
 processes on one storage stop at exactly N between them (each new trial claims a slot by its trial
-number, which the storage hands out once). `--fresh` deletes the study first; `--workers W` starts W
-local processes on the same storage.
+number, which the storage hands out once). A trial left RUNNING by a process killed with -9 keeps
+its slot (Optuna cannot tell it from a slow one); `--fresh` starts over. `--fresh` deletes the study
+first; `--workers W` starts W local processes on the same storage.
 
 Seeding: the sampler's random stream for trial number n is seeded from (seed, n). Trial numbers are
 unique within a study, so processes sharing a study never draw the same stream, whichever machine
@@ -537,7 +538,7 @@ def run_study(cfg: TuneConfig, factory: ProblemFactory | None = None, problem: P
         except KeyError:
             pass
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    problem = problem or factory(cfg)
+    problem = factory(cfg) if problem is None else problem
     study = open_study(cfg, storage)  # create once, before workers race to create it
     check_settings(study, study_settings(cfg, problem))
     existing = len(kept_trials(study))
