@@ -135,6 +135,8 @@ class PBOResult(NamedTuple):
     oos_perf: np.ndarray  # (C,) its out-of-sample performance
     n_splits: int
     n_combinations: int
+    block_size: int = 0  # observations per block (all blocks equal)
+    n_dropped: int = 0  # first observations left out so that T is a multiple of n_splits
 
     @property
     def prob_oos_loss(self) -> float:
@@ -153,7 +155,9 @@ def pbo_cscv(returns: np.ndarray, n_splits: int = 16) -> PBOResult:
     """Probability of backtest overfitting of picking the best of N trials by Sharpe, via CSCV.
 
     `returns` is (T, N): one column of per-period returns per trial, rows aligned in time. The rows
-    are cut into `n_splits` (even) contiguous blocks; every choice of half the blocks is a training
+    are cut into `n_splits` (even) contiguous blocks of equal size, as in the paper: when T is not a
+    multiple of `n_splits`, the first T mod n_splits rows (the oldest) are left out, and the result
+    says how many (`n_dropped`). Every choice of half the blocks is a training
     set and the other half its test set. For each, the trial with the best in-sample Sharpe ratio is
     ranked out of sample (rank 1 = worst of N); w = rank / (N + 1) and the logit ln(w / (1 - w)) <= 0
     counts as overfit. PBO is the share of such splits.
@@ -168,9 +172,11 @@ def pbo_cscv(returns: np.ndarray, n_splits: int = 16) -> PBOResult:
         raise ConfigError(f"n_splits must be an even number >= 2, got {n_splits}")
     if t < n_splits:
         raise ConfigError(f"n_splits={n_splits} exceeds the number of observations ({t})")
-    m = np.where(np.isfinite(m), m, 0.0)
+    dropped = t % n_splits
+    m = np.where(np.isfinite(m[dropped:]), m[dropped:], 0.0)
+    size = (t - dropped) // n_splits
     # Per-block sufficient statistics, so any union of blocks gives its Sharpe ratio without a copy.
-    bounds = np.linspace(0, t, n_splits + 1).round().astype(int)
+    bounds = np.arange(n_splits + 1) * size
     cnt = np.diff(bounds).astype(np.float64)
     s1 = np.add.reduceat(m, bounds[:-1], axis=0)
     s2 = np.add.reduceat(m * m, bounds[:-1], axis=0)
@@ -193,6 +199,8 @@ def pbo_cscv(returns: np.ndarray, n_splits: int = 16) -> PBOResult:
         oos_perf=oos_sr[rows, best],
         n_splits=n_splits,
         n_combinations=len(combos),
+        block_size=size,
+        n_dropped=dropped,
     )
 
 

@@ -11,7 +11,9 @@ Trial outcomes:
 - a fold with fewer than `--min-trades` out-of-sample trades: PRUNED at that fold (user attr
   `min_trades`), so a set that barely trades can never win on a lucky Sharpe ratio. TPE treats
   pruned trials as worse than complete ones, which is the intended "failing" score;
-- an exception from the backtest: FAILED (optimize(catch=(Exception,))); the study goes on.
+- an exception from the backtest: FAILED (user attr `error`); the study goes on;
+- Ctrl-C: the running trial is FAILED with user attr `interrupted` and does not count toward the
+  study size; the CLI prints "interrupted: N trials kept; re-run to resume".
 
 What "out of sample" means here: each fold's test window is unseen by that fold's training window,
 but the optimizer ranks parameter sets by those test scores, so choosing the best trial is itself a
@@ -19,13 +21,25 @@ fit to the test windows. Three guards measure that selection: the deflated Sharp
 number of trials), PBO by CSCV, and a holdout: the last `--holdout-days` sessions (after a purge gap)
 are never shown to the optimizer and are scored once, for the best trial only.
 
-Storage defaults to SQLite under `tierlab_home()/studies/`; a PostgreSQL URL lets processes on
-several machines share one study (each opens it with load_if_exists). `--trials N` is the number of
-finished trials the study should hold: running the same command again adds only the missing ones
-(none, if the study is complete), so a re-run reports the same best trial; `--fresh` deletes the
-study first. `--workers W` starts W local processes on the same storage, worker i seeded with
-seed + i so they do not repeat each other. With one worker, the same seed on a fresh study gives
-the same trials and best parameters.
+A study records its settings (strategy, objective, date range, fold plan, purge, holdout, min
+trades, mode, search space) in its user attrs; resuming it with any of them changed is refused,
+naming the setting and both values (`--fresh` starts over).
+
+Storage defaults to SQLite under `tierlab_home()/studies/`. A PostgreSQL URL, `redis://HOST:PORT/DB`
+(Optuna's JournalStorage on Redis; `?prefix=NAME` picks the key prefix, default `tierlab-optuna`) or
+a plain file path (a journal file) lets processes on several machines share one study. `--trials N`
+is the number of finished trials the study should hold: running the same command again adds only the
+missing ones (none, if the study is complete), so a re-run reports the same best trial; several
+processes on one storage stop at exactly N between them (each new trial claims a slot by its trial
+number, which the storage hands out once). A trial left RUNNING by a process killed with -9 keeps
+its slot (Optuna cannot tell it from a slow one); `--fresh` starts over. `--fresh` deletes the study
+first; `--workers W` starts W local processes on the same storage.
+
+Seeding: the sampler's random stream for trial number n is seeded from (seed, n). Trial numbers are
+unique within a study, so processes sharing a study never draw the same stream, whichever machine
+runs them; a resumed study does not replay its first draws; and one process on a fresh study gives
+the same trials and best parameters for the same seed. Each trial also records the process that ran
+it (user attrs `worker`, the local worker index, and `worker_id`, host-pid-uuid).
 
 After the study, `report` re-runs the best trial on each fold's train window for the in-sample
 side of the per-fold table (only the best trial: the objective itself never looks at in-sample
@@ -38,13 +52,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import multiprocessing as mp
+import os
+import signal
+import socket
 import sys
+import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import numpy as np
 import optuna
@@ -56,10 +77,11 @@ from research.tune_report import (
     TrialRecord,
     compute_guards,
     fold_table,
+    holdout_lines,
     render_html,
     summary_lines,
 )
-from research.walkforward import Fold, session_numbers, walk_forward, window_panel
+from research.walkforward import Fold, session_numbers, study_plan, window_panel
 from strategies.space import Choice, Constraint, FloatParam, IntParam, Space
 from tierlab.errors import ConfigError, TierlabError
 from tierlab.log import get_logger
@@ -130,6 +152,7 @@ class Problem(NamedTuple):
     folds: Sequence[Fold]
     evaluate: Callable[[Any, range], WindowResult]
     holdout: range | None = None  # sessions the optimizer never sees; scored for the best trial only
+    settings: Mapping[str, Any] | None = None  # e.g. strategy name and the sessions' date range
 
 
 ProblemFactory = Callable[[TuneConfig], Problem]
@@ -231,73 +254,340 @@ def make_objective(problem: Problem, cfg: TuneConfig, worker: int = 0) -> Callab
     return objective
 
 
-def open_study(cfg: TuneConfig, seed_offset: int = 0) -> optuna.Study:
-    """Create or load the study on the configured storage (maximize, seeded TPE, median pruning)."""
+STUDY_SETTINGS = ("strategy", "objective", "date_range", "fold_plan", "purge_days", "holdout_days", "min_trades",
+                 "mode", "search_space")
+_STATES = optuna.trial.TrialState
+_FINISHED = (_STATES.COMPLETE, _STATES.PRUNED, _STATES.FAIL)
+REDIS_PREFIX = "tierlab-optuna"
+
+
+class StudyInterrupted(Exception):
+    """Ctrl-C stopped a study; `kept` finished trials stay in the storage and a re-run resumes."""
+
+    def __init__(self, kept: int) -> None:
+        super().__init__(f"interrupted: {kept} trials kept; re-run to resume")
+        self.kept = kept
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind `--storage`: an RDB URL, `redis://HOST:PORT/DB` or a journal file path.
+
+    Anything that cannot be opened is one ConfigError naming the (password-free) URL and the cause.
+    """
+    safe = _safe_url(url)
+    try:
+        if url.split("://", 1)[0] in ("redis", "rediss", "unix") and "://" in url:
+            return _redis_storage(url)
+        if "://" not in url:
+            return _journal_file_storage(url)
+        return optuna.storages.RDBStorage(url)
+    except ConfigError:
+        raise
+    except Exception as exc:  # any driver/URL/connection failure becomes one line
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        pw = urlsplit(url).password if "://" in url else None
+        if pw:
+            msg = msg.replace(pw, "***")
+        raise ConfigError(f"--storage {safe}: cannot open it: {msg}") from None
+
+
+def _redis_storage(url: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalRedisBackend, JournalStorage
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--storage {_safe_url(url)}: the port is not a number (redis://HOST:PORT/DB)") from None
+    db = parts.path.strip("/")
+    if not parts.hostname or port is None or (db and not db.isdigit()):
+        raise ConfigError(f"--storage {_safe_url(url)}: expected redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0")
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", [REDIS_PREFIX])[0]
+    if query:
+        raise ConfigError(f"--storage {_safe_url(url)}: unknown option {sorted(query)[0]!r} (only ?prefix=NAME)")
+    with warnings.catch_warnings():  # "JournalRedisBackend is experimental": noise on every run
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        backend = JournalRedisBackend(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), prefix=prefix)
+        return JournalStorage(backend)
+
+
+def _journal_file_storage(path: str) -> optuna.storages.BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise ConfigError(f"--storage {path}: directory {p.parent} does not exist (a journal file path or a URL)")
+    if p.is_dir():
+        raise ConfigError(f"--storage {path}: is a directory; give a journal file path or a URL")
+    if p.is_file():
+        with p.open("rb") as f:
+            if f.read(16).startswith(b"SQLite format 3"):
+                raise ConfigError(f"--storage {path}: is an SQLite database; use sqlite:///{p.resolve()}")
+    return JournalStorage(JournalFileBackend(str(p)))
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial `number` in a study seeded `seed` (distinct for every trial number)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(number)]).generate_state(1)[0])
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE whose random stream is reseeded from (study seed, trial number) before each trial.
+
+    Processes sharing a study claim distinct trial numbers from the storage, so they never draw the
+    same candidates; one process on a fresh study is reproducible. TPE (independent sampling) keeps
+    no state between trials other than its random stream: it reads the history from the study.
+    """
+
+    def __init__(self, seed: int, n_startup_trials: int) -> None:
+        self._seed = seed
+        self._startup = n_startup_trials
+        self._tpe = self._make(trial_seed(seed, 0))
+
+    def _make(self, seed: int) -> optuna.samplers.TPESampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._startup)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Start trial `trial.number` on its own random stream."""
+        self._tpe = self._make(trial_seed(self._seed, trial.number))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        """Delegated to TPE."""
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        """Delegated to TPE."""
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        """Delegated to TPE."""
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any,
+                    values: Sequence[float] | None) -> None:
+        """Delegated to TPE."""
+        self._tpe.after_trial(study, trial, state, values)
+
+
+def open_study(cfg: TuneConfig, storage: optuna.storages.BaseStorage | str | None = None) -> optuna.Study:
+    """Create or load the study on the configured storage (maximize, per-trial seeded TPE, median pruning)."""
     return optuna.create_study(
-        storage=cfg.storage or default_storage(),
+        storage=storage if storage is not None else make_storage(cfg.storage or default_storage()),
         study_name=cfg.study,
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed + seed_offset, n_startup_trials=cfg.startup_trials),
+        sampler=TrialSeededTPE(cfg.seed, cfg.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
     )
 
 
-_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+def _counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts toward the study size (not cut by Ctrl-C, not started past the size)."""
+    return not (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus"))
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=_FINISHED))
+def kept_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that count toward `--trials` (interrupted and surplus ones left out)."""
+    return [t for t in study.get_trials(deepcopy=False, states=_FINISHED) if _counts(t)]
+
+
+def _claimed(study: optuna.Study, below: int | None = None) -> int:
+    """Trials that hold a slot of the study size: counted ones, finished or running (numbers < below)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if _counts(t) and t.state != _STATES.WAITING and (below is None or t.number < below))
+
+
+def study_settings(cfg: TuneConfig, problem: Problem) -> dict[str, Any]:
+    """The settings a study's trials depend on, as JSON-ready values (stored in the study's user attrs)."""
+    extra = dict(problem.settings or {})
+    folds = list(problem.folds)
+    if folds:
+        f0 = folds[0]
+        step = folds[1].test.start - f0.test.start if len(folds) > 1 else len(f0.test)
+        plan = (f"{len(folds)} folds: train {len(f0.train)}, test {len(f0.test)}, step {step} sessions, "
+                f"first test {f0.test.start}..{f0.test.stop - 1}, last test {folds[-1].test.start}.."
+                f"{folds[-1].test.stop - 1}")
+    else:
+        plan = "no folds"
+    space = {name: repr(s) for name, s in problem.space.items()}
+    space |= {f"constraint {k}": c.message for k, c in enumerate(problem.constraints)}
+    out = {
+        "strategy": extra.get("strategy", type(problem.base).__name__),
+        "objective": cfg.objective,
+        "date_range": extra.get("date_range", f"{cfg.start or 'default'}..{cfg.end or 'default'}"),
+        "fold_plan": plan,
+        "purge_days": cfg.purge_days,
+        "holdout_days": cfg.holdout_days,
+        "min_trades": cfg.min_trades,
+        "mode": cfg.mode,
+        "search_space": space,
+    }
+    return json.loads(json.dumps(out, default=repr))
+
+
+def check_settings(study: optuna.Study, settings: Mapping[str, Any]) -> None:
+    """Record `settings` on a new study; refuse (one line, both values) to resume one made with other settings."""
+    old = study.user_attrs.get("settings")
+    if old is None:
+        n = len(study.get_trials(deepcopy=False))
+        if n:
+            raise ConfigError(f"study {study.study_name!r} holds {n} trials but no recorded settings (an older "
+                              "tierlab made it): --fresh starts over, or pick another --study name")
+        study.set_user_attr("settings", dict(settings))
+        return
+    for key in STUDY_SETTINGS:
+        was, now = old.get(key), settings.get(key)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict):
+            sub = next(k for k in sorted(set(was) | set(now), key=str) if was.get(k) != now.get(k))
+            key, was, now = f"{key} {sub}", was.get(sub, "absent"), now.get(sub, "absent")
+        raise ConfigError(f"study {study.study_name!r} was run with {key} {was!r}, this run has {now!r}: "
+                          "resume with the same settings, or --fresh to start over")
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _abandon(study: optuna.Study, trial: optuna.Trial, attr: str, why: str) -> None:
+    """Finish a trial that must not count (FAIL with user attr `attr`), if it is still running."""
+    frozen = study._storage.get_trial(trial._trial_id)  # the current state, not a cache
+    if frozen.state.is_finished():
+        study._storage.set_trial_user_attr(trial._trial_id, attr, why)
+        return
+    trial.set_user_attr(attr, why)
+    study.tell(trial, state=_STATES.FAIL)
+
+
+def optimize(study: optuna.Study, problem: Problem, cfg: TuneConfig, n_trials: int, worker: int = 0,
+             progress: bool = False) -> int:
+    """Run up to `n_trials` trials in this process, stopping when the study holds `cfg.trials` counted trials.
+
+    Each trial claims its slot by number: one that finds `cfg.trials` counted trials numbered below
+    it is finished as `surplus` without a backtest, so processes racing for the last slots leave
+    exactly `cfg.trials`. Ctrl-C finishes the running trial as `interrupted` and re-raises.
+    Returns the number of trials this process ran.
+    """
+    objective = make_objective(problem, cfg, worker)
+    wid = _worker_id()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_trials, desc=f"study {cfg.study}")
+    done = 0
+    try:
+        while done < n_trials and _claimed(study) < cfg.trials:
+            trial = study.ask()
+            try:
+                trial.set_user_attr("worker_id", wid)
+                if _claimed(study, below=trial.number) >= cfg.trials:
+                    _abandon(study, trial, "surplus", f"the study already held {cfg.trials} trials")
+                    break
+                value = objective(trial)
+            except optuna.TrialPruned:
+                study.tell(trial, state=_STATES.PRUNED)
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping
+                try:
+                    _abandon(study, trial, "interrupted", "Ctrl-C")
+                finally:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise
+            except Exception as exc:  # a crashing backtest fails its trial, the study goes on
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                log.warning("trial_failed", study=cfg.study, trial=trial.number, reason=f"{type(exc).__name__}: {exc}")
+                study.tell(trial, state=_STATES.FAIL)
+            else:
+                study.tell(trial, value)
+            done += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done
 
 
 def _worker(cfg: TuneConfig, factory: ProblemFactory, n_trials: int, worker: int, progress: bool) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    problem = factory(cfg)
-    study = open_study(cfg, seed_offset=worker)
-    study.optimize(
-        make_objective(problem, cfg, worker),
-        n_trials=n_trials,
-        catch=(Exception,),
-        show_progress_bar=progress,
-        # workers on other machines may share the study: stop once it holds --trials finished trials
-        callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, states=_FINISHED)],
-    )
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = open_study(cfg)
+        optimize(study, factory(cfg), cfg, n_trials, worker, progress)
+    except KeyboardInterrupt:
+        sys.exit(130)  # the parent prints the one line; no traceback per process
 
 
-def run_study(cfg: TuneConfig, factory: ProblemFactory | None = None) -> optuna.Study:
-    """Run `cfg.trials` trials (split over `cfg.workers` processes) and return the study."""
+def run_study(cfg: TuneConfig, factory: ProblemFactory | None = None, problem: Problem | None = None) -> optuna.Study:
+    """Top the study up to `cfg.trials` counted trials (over `cfg.workers` processes) and return it.
+
+    Raises ConfigError when the study was made with other settings, StudyInterrupted on Ctrl-C.
+    """
     factory = factory or backtest_problem
-    storage = cfg.storage or default_storage()
-    cfg = TuneConfig(**{**asdict(cfg), "storage": storage})
+    url = cfg.storage or default_storage()
+    cfg = TuneConfig(**{**asdict(cfg), "storage": url})
+    storage = make_storage(url)
     if cfg.fresh:
         try:
             optuna.delete_study(study_name=cfg.study, storage=storage)
         except KeyError:
             pass
-    existing = _finished(open_study(cfg))  # create once, before workers race to create it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    problem = factory(cfg) if problem is None else problem
+    study = open_study(cfg, storage)  # create once, before workers race to create it
+    check_settings(study, study_settings(cfg, problem))
+    existing = len(kept_trials(study))
     todo = max(0, cfg.trials - existing)
     if existing:
         log.info("study_resumed", study=cfg.study, finished_trials=existing, target=cfg.trials, adding=todo,
                  reason="a study of this name exists on the storage; --trials is its size, --fresh starts over")
     if todo == 0:
-        return open_study(cfg)
+        return study
     shares = [todo // cfg.workers + (i < todo % cfg.workers) for i in range(cfg.workers)]
     log.info("tune_start", study=cfg.study, trials=todo, workers=cfg.workers, objective=cfg.objective,
-             storage=_safe_url(storage))
-    if cfg.workers == 1:
-        _worker(cfg, factory, shares[0], 0, cfg.progress)
-    else:
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(cfg, factory, n, i, cfg.progress and i == 0))
-                 for i, n in enumerate(shares) if n]
-        for p in procs:
-            p.start()
+             storage=_safe_url(url))
+    try:
+        if cfg.workers == 1:
+            optimize(study, problem, cfg, shares[0], 0, cfg.progress)
+        else:
+            _run_workers(cfg, factory, shares)
+    except KeyboardInterrupt:
+        raise StudyInterrupted(len(kept_trials(open_study(cfg, storage)))) from None
+    return open_study(cfg, storage)
+
+
+def _run_workers(cfg: TuneConfig, factory: ProblemFactory, shares: Sequence[int]) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(cfg, factory, n, i, cfg.progress and i == 0))
+             for i, n in enumerate(shares) if n]
+    for p in procs:
+        p.start()
+    try:
         for p in procs:
             p.join()
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            raise TierlabError(f"{len(bad)} tuning worker(s) exited with codes {bad}")
-    return open_study(cfg)
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches every worker; one sent to this process alone is passed on.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+                p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if 130 in bad:  # a worker was interrupted on its own (SIGINT to it alone)
+        raise KeyboardInterrupt
+    if bad:
+        raise TierlabError(f"{len(bad)} tuning worker(s) exited with codes {bad}")
 
 
 def _safe_url(url: str) -> str:
@@ -322,10 +612,11 @@ def _fmt(values: Mapping[str, Any]) -> str:
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:
-    """The study's trials as plain records for the report."""
+    """The study's trials as plain records for the report (interrupted and surplus ones left out)."""
     return [
         TrialRecord(t.number, t.state.name, t.value, dict(t.params), dict(t.user_attrs))
         for t in study.get_trials(deepcopy=False)
+        if _counts(t)
     ]
 
 
@@ -385,6 +676,7 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
         shown = ", ".join(f"{k} {'n/a' if _num(hold.get(k)) is None else format(_num(hold.get(k)), '.4f')}"
                           for k in _table_columns(cfg.metric))
         lines.append(f"  holdout, {len(problem.holdout)} sessions never seen by the optimizer: {shown}")
+        lines += holdout_lines(best, hold, cfg.metric)
     out_dir = Path(out_dir or Path("reports") / f"tune-{cfg.study}")
     out_dir.mkdir(parents=True, exist_ok=True)
     params_path = out_dir / "best_params.toml"
@@ -423,9 +715,10 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
     strategy = TieredBasketStrategy(base)
     numbers = session_numbers(panel.index)
     n_sessions = int(numbers[-1]) + 1 if len(numbers) else 0
-    searched = n_sessions - (cfg.holdout_days + cfg.purge_days if cfg.holdout_days else 0)
-    folds = list(walk_forward(searched, cfg.train_days, cfg.test_days, cfg.purge_days))
-    holdout = range(n_sessions - cfg.holdout_days, n_sessions) if cfg.holdout_days else None
+    folds, holdout = study_plan(n_sessions, cfg.train_days, cfg.test_days, cfg.purge_days, cfg.holdout_days)
+    days = np.unique(ny_days(panel.index))
+    settings = {"strategy": f"{type(strategy).__module__}.{type(strategy).__name__}",
+                "date_range": f"{days[0]}..{days[-1]}" if len(days) else f"{start}..{end} (no bars)"}
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
         sub = window_panel(panel, numbers, sessions)
@@ -433,7 +726,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
         metrics = grid.metrics.iloc[0].to_dict()
         return WindowResult(metrics, session_returns(grid.equity.iloc[:, 0], INIT_CASH))
 
-    return Problem(strategy.search_space, strategy.constraints, base, folds, evaluate, holdout)
+    return Problem(strategy.search_space, strategy.constraints, base, folds, evaluate, holdout, settings)
 
 
 INIT_CASH = 10_000.0
@@ -456,7 +749,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
                     help="finished trials the study should hold (a re-run adds only the missing ones)")
     ap.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective)
     ap.add_argument("--min-trades", type=int, default=d.min_trades, help="fewer OOS trades in a fold prunes the trial")
-    ap.add_argument("--storage", default=None, help="optuna storage URL (default SQLite under TIERLAB_HOME/studies)")
+    ap.add_argument("--storage", default=None,
+                    help="optuna storage: an RDB URL (postgresql+psycopg://...), redis://HOST:PORT/DB or a journal "
+                         "file path (default SQLite under TIERLAB_HOME/studies)")
     ap.add_argument("--workers", type=int, default=d.workers, help="local worker processes on the same storage")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--mode", choices=["default", "relaxed"], default=d.mode)
@@ -481,16 +776,34 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
 
 def main(argv: Sequence[str] | None = None, factory: ProblemFactory | None = None) -> int:
     """CLI: run a study, print the best trial and its guards, write the params TOML and the HTML report."""
+    cfg = None
     try:
         cfg = parse_args(argv)
         factory = factory or backtest_problem
-        study = run_study(cfg, factory)
-        rep = report(study, factory(cfg), cfg)
+        problem = factory(cfg)
+        study = run_study(cfg, factory, problem)
+        rep = report(study, problem, cfg)
     except TierlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StudyInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside the trials (loading bars, writing the report)
+        print(f"interrupted: {_kept_quietly(cfg)} trials kept; re-run to resume", file=sys.stderr)
+        return 130
     print("\n".join(rep.lines))
     return 0
+
+
+def _kept_quietly(cfg: TuneConfig | None) -> int | str:
+    """Counted trials of the study after a Ctrl-C, or '?' when the storage cannot tell."""
+    if cfg is None:
+        return 0
+    try:
+        return len(kept_trials(open_study(cfg)))
+    except (Exception, KeyboardInterrupt):  # best effort on the way out
+        return "?"
 
 
 if __name__ == "__main__":

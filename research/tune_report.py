@@ -30,6 +30,9 @@ from research.overfit import (
 )
 from tierlab.errors import ConfigError
 
+DSR_SIGNIFICANT = 0.95  # a deflated Sharpe ratio below this is reported as not significant
+HOLDOUT_SHARPE_GAP = 1.0  # holdout vs out-of-sample Sharpe further apart than this is a warning
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -111,18 +114,56 @@ def summary_lines(best: TrialRecord, table: pd.DataFrame, guards: Guards, object
     lines.append(f"  trials: {guards.n_trials} run, {guards.n_backtested} backtested, {guards.n_complete} complete")
     if guards.dsr is not None:
         d = guards.dsr
+        verdict = "" if d.dsr >= DSR_SIGNIFICANT else f" - NOT significant (below {DSR_SIGNIFICANT})"
         lines.append(
-            f"  deflated Sharpe ratio: {d.dsr:.3f} (daily OOS Sharpe {d.sharpe:.3f} vs expected max of "
+            f"  deflated Sharpe ratio: {d.dsr:.3f}{verdict} (daily OOS Sharpe {d.sharpe:.3f} vs expected max of "
             f"{d.n_trials} trials {d.benchmark:.3f}; {d.n_obs} sessions)"
         )
     if guards.pbo is not None:
         p = guards.pbo
+        dropped = (f"; the first {p.n_dropped} session(s) left out so the blocks are equal"
+                   if p.n_dropped else "")
         lines.append(
-            f"  probability of backtest overfitting (CSCV, {p.n_splits} blocks, {p.n_combinations} splits): "
-            f"{p.pbo:.3f}; P(OOS loss of the IS winner) {p.prob_oos_loss:.3f}"
+            f"  probability of backtest overfitting (CSCV, {p.n_splits} blocks of {p.block_size} sessions, "
+            f"{p.n_combinations} splits{dropped}): {p.pbo:.3f}; P(OOS loss of the IS winner) {p.prob_oos_loss:.3f}"
         )
     lines += [f"  note: {n}" for n in guards.notes]
     return lines
+
+
+def holdout_lines(best: TrialRecord, holdout: Mapping[str, Any], metric: str) -> list[str]:
+    """A warning when the holdout disagrees with the best trial's out-of-sample score.
+
+    Disagreement: the objective (or the Sharpe ratio) has the opposite sign on the holdout, or the
+    holdout Sharpe is more than `HOLDOUT_SHARPE_GAP` from the mean out-of-sample Sharpe over the folds.
+    """
+    folds = best.user_attrs.get("folds") or []
+    oos = {"sharpe": _mean([f.get("oos_sharpe") for f in folds]), metric: best.value}
+    hold = {k: _finite(holdout.get(k)) for k in oos}
+    why = [f"{k} {hold[k]:.2f} on the holdout vs {oos[k]:.2f} out of sample (opposite signs)"
+           for k in dict.fromkeys((metric, "sharpe"))
+           if hold[k] is not None and oos[k] is not None and hold[k] * oos[k] < 0]
+    h, o = hold["sharpe"], oos["sharpe"]
+    if h is not None and o is not None and abs(h - o) > HOLDOUT_SHARPE_GAP:
+        why.append(f"sharpe {h:.2f} on the holdout vs {o:.2f} out of sample ({abs(h - o):.2f} apart, "
+                   f"more than {HOLDOUT_SHARPE_GAP:g})")
+    if not why:
+        return []
+    return [f"  WARNING: the holdout disagrees with the out-of-sample score: {'; '.join(why)}; "
+            "the best trial may be fitted to the test windows"]
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    vals = [f for f in (_finite(v) for v in values) if f is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def render_html(title: str, lines: Sequence[str], table: pd.DataFrame, figures: Mapping[str, Any]) -> str:

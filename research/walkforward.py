@@ -64,6 +64,28 @@ def walk_forward(
         start += step
 
 
+def study_plan(
+    n_sessions: int, train: int, test: int, purge: int = 1, holdout: int = 0
+) -> tuple[list[Fold], range | None]:
+    """Folds over the searched sessions and the holdout after them: the last `holdout` sessions, then a purge.
+
+    The optimizer sees sessions 0 .. n - holdout - purge - 1 only; `purge` sessions separate the last
+    of them from the holdout (as between each train and test window), so nothing it saw runs into
+    the holdout. Without a holdout (0) every session is searched and the second value is None.
+    """
+    if holdout < 0:
+        raise ConfigError(f"holdout must be >= 0 sessions, got {holdout}")
+    searched = n_sessions - (holdout + purge if holdout else 0)
+    try:
+        folds = list(walk_forward(searched, train, test, purge))
+    except ConfigError as exc:
+        if not holdout:
+            raise
+        raise ConfigError(f"{exc} after the {holdout} holdout and {purge} purge sessions "
+                          f"(of {n_sessions})") from None
+    return folds, (range(n_sessions - holdout, n_sessions) if holdout else None)
+
+
 def count_folds(n_sessions: int, train: int, test: int, purge: int = 1, step: int | None = None) -> int:
     """How many folds `walk_forward` yields for these sizes (0 when none fits)."""
     step = test if step is None else step

@@ -103,3 +103,65 @@ def test_pbo_rejects_bad_inputs_by_name() -> None:
         pbo_cscv(np.zeros((20, 1)), n_splits=4)
     with pytest.raises(ConfigError, match="n_trials"):
         expected_max_sharpe(0)
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("t", [3, 5, 8])
+def test_psr_at_small_t_uses_sqrt_t_minus_one(t: int) -> None:
+    # PSR = Z[(SR - SR*) sqrt(T - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)]: at small T the "- 1"
+    # moves the answer by far more than the tolerance (checked below against the sqrt(T) variant).
+    sr, bench, skew, kurt = 0.5, 0.1, -0.4, 4.5
+    denom = math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+    want = _norm_cdf((sr - bench) * math.sqrt(t - 1) / denom)
+    wrong = _norm_cdf((sr - bench) * math.sqrt(t) / denom)
+    got = probabilistic_sharpe_ratio(sr, bench, t, skew, kurt)
+    assert abs(want - wrong) > 0.01
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_psr_from_five_returns_by_hand() -> None:
+    r = np.array([0.02, -0.01, 0.015, 0.005, -0.004])
+    res = deflated_sharpe_from_returns(r, np.array([0.0, 0.2]), n_trials=1)
+    sr = r.mean() / r.std(ddof=1)
+    z = (r - r.mean()) / r.std(ddof=0)
+    skew, kurt = float(np.mean(z**3)), float(np.mean(z**4))
+    assert res.n_obs == 5 and res.sharpe == pytest.approx(sr, rel=1e-12)
+    assert res.skew == pytest.approx(skew, abs=1e-12) and res.kurtosis == pytest.approx(kurt, abs=1e-12)
+    bench = expected_max_sharpe(2, np.var([0.0, 0.2], ddof=1))  # N = max(2 sharpes, n_trials 1)
+    want = _norm_cdf((sr - bench) * math.sqrt(4) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert res.dsr == pytest.approx(want, abs=1e-12)
+
+
+def test_the_dsr_honours_the_trial_count() -> None:
+    rng = np.random.default_rng(8)
+    r = rng.normal(0.002, 0.01, 60)
+    srs = np.array([0.05, 0.1, 0.15, r.mean() / r.std(ddof=1)])
+    var = float(np.var(srs, ddof=1))
+    few = deflated_sharpe_from_returns(r, srs)
+    many = deflated_sharpe_from_returns(r, srs, n_trials=200)
+    assert few.n_trials == 4 and many.n_trials == 200
+    assert few.benchmark == pytest.approx(expected_max_sharpe(4, var), abs=1e-12)
+    assert many.benchmark == pytest.approx(expected_max_sharpe(200, var), abs=1e-12)
+    assert many.dsr == pytest.approx(deflated_sharpe_ratio(few.sharpe, 60, 200, var, few.skew, few.kurtosis), abs=1e-12)
+    assert many.dsr < few.dsr - 0.05
+    # fewer than the sharpes given never lowers N
+    assert deflated_sharpe_from_returns(r, srs, n_trials=2).n_trials == 4
+
+
+def test_pbo_uses_equal_blocks_and_drops_the_first_rows_when_t_is_not_a_multiple() -> None:
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(53, 6))  # 53 = 8 x 6 + 5
+    m[:5] = 50.0 * rng.normal(size=(5, 6))  # huge first rows: they change the answer if used
+    res = pbo_cscv(m, n_splits=8)
+    ref = pbo_cscv(m[5:], n_splits=8)
+    assert res.n_dropped == 5 and res.block_size == 6 and ref.n_dropped == 0
+    np.testing.assert_array_equal(res.logits, ref.logits)
+    np.testing.assert_array_equal(res.is_perf, ref.is_perf)
+    # and the blocks are the contiguous 6-row slices of the rest: block 0 alone in sample, by hand
+    two = pbo_cscv(m, n_splits=2)
+    half = m[1:].reshape(2, 26, 6)
+    sr = half.mean(1) / half.std(1, ddof=1)
+    assert two.is_best[0] == int(np.argmax(sr[0])) and two.is_perf[0] == pytest.approx(sr[0].max(), rel=1e-9)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from data.sample import generate_panel
+from strategies.codes import ORDER_REASON_NAMES, ORDER_STOP, ORDER_TAKE_PROFIT
 from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
 from tierlab.errors import ConfigError, DataError
@@ -56,24 +59,44 @@ def test_parameter_sets_must_share_the_universe(panel) -> None:
         TieredBasketStrategy().run(panel, [p, p.replace(tier_a=("NVDA", "TSLA"), tier_bench=("GOOGL", "AMD", "AVGO", "AAPL"))])
 
 
+def _expected_id(strategy: str, symbol: str, when: pd.Timestamp, intent: str) -> str:
+    """The documented id, rebuilt here: tl-SYMBOL-intent-YYYYmmddHHMM-sha256(strategy|SYMBOL|iso UTC|intent)[:16]."""
+    key = f"{strategy}|{symbol}|{when.isoformat()}|{intent}"
+    return f"tl-{symbol}-{intent}-{when:%Y%m%d%H%M}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"[:64]
+
+
 def test_pending_orders_become_idempotent_broker_intents(panel) -> None:
-    """What the live runner sends after a bar is exactly what the history driver fills next bar."""
+    """What the live runner sends after a bar is exactly what the history driver fills later, id for id."""
     strat = TieredBasketStrategy()
+    p = strat.params
     inputs = strat.prepare(panel)
     full = strat.run_inputs(inputs).orders
+    market = full[~np.isin(full["reason"], (ORDER_STOP, ORDER_TAKE_PROFIT))]  # resting orders are no intents
+    # the last price seen at each bar (a thin ETF without a bar keeps its previous close)
+    close = pd.DataFrame(panel.select(inputs.symbols).close).ffill().to_numpy()
     state = strat.new_state()
-    seen = 0
+    seen, ids = 0, set()
     for t in range(len(inputs.index) - 1):
         strat.walk(inputs, state, t, t + 1)
         intents = strat.intents(state)
-        decided_now = full[(full["decision_bar"] == t) & (full["reason"] != 3) & (full["reason"] != 4)]
-        want = sorted((inputs.symbols[o["col"]], "buy" if o["side"] > 0 else "sell", float(o["qty"])) for o in decided_now
-                      if o["bar"] == t + 1)
-        got = sorted((i.symbol, i.side, i.qty) for i in intents if i.bar_time == inputs.index[t] + pd.Timedelta(minutes=1))
-        assert set(want) <= set(got)
-        for i in intents:
-            assert i.client_order_id == strat.intents(state)[intents.index(i)].client_order_id
-            if i.side == "buy":
-                assert i.stop_loss < i.take_profit
+        # pending after bar t: market orders decided at or before t that the full run fills after t
+        pending = market[(market["decision_bar"] <= t) & (market["bar"] > t)]
+        want = []
+        for o in pending:
+            sym = inputs.symbols[o["col"]]
+            when = inputs.index[o["decision_bar"]] + pd.Timedelta(minutes=1)  # the decision bar's close
+            intent = ORDER_REASON_NAMES[int(o["reason"])]
+            side = "buy" if o["side"] > 0 else "sell"
+            last = close[o["decision_bar"], o["col"]]
+            bracket = ((round(last * (1 - p.stop_loss_pct), 2), round(last * (1 + p.take_profit_pct), 2))
+                       if side == "buy" else (None, None))
+            want.append((sym, side, float(o["qty"]), when, intent, *bracket,
+                         _expected_id(strat.name, sym, when, intent)))
+        got = [(i.symbol, i.side, i.qty, i.bar_time, i.intent, i.stop_loss, i.take_profit, i.client_order_id)
+               for i in intents]
+        assert sorted(got, key=str) == sorted(want, key=str), f"bar {t}"
+        assert [i.client_order_id for i in strat.intents(state)] == [g[-1] for g in got]  # asked again: same ids
+        ids |= {g[-1] for g in got if g[3] == inputs.index[t] + pd.Timedelta(minutes=1)}
         seen += len(want)
     assert seen > 10
+    assert len(ids) == len(market[market["decision_bar"] < len(inputs.index) - 1])  # one id per decision

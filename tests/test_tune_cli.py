@@ -44,6 +44,25 @@ def test_cli_prints_best_trial_with_guards(cli_run: tuple[subprocess.CompletedPr
     assert (work / "home" / "studies" / "optuna.db").exists()  # default storage: SQLite under TIERLAB_HOME
 
 
+def test_resuming_the_study_over_other_dates_is_refused_in_one_line(
+    cli_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, work = cli_run
+    env = {**os.environ, "TIERLAB_HOME": str(work / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "research.tune", "--trials", "10", "--study", "cli", "--seed", "3",
+         "--min-trades", "5", "--end", "2024-12-05"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert err[-1] == (
+        "error: study 'cli' was run with date_range '2024-10-21..2024-12-06', this run has "
+        "'2024-10-21..2024-12-05': resume with the same settings, or --fresh to start over"
+    )
+    assert "Traceback" not in proc.stderr
+
+
 def test_best_params_toml_is_a_params_file(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, work = cli_run
     path = work / "reports" / "tune-cli" / "best_params.toml"

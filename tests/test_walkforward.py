@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from research.walkforward import Fold, bar_slices, count_folds, walk_forward
+from research.walkforward import Fold, bar_slices, count_folds, study_plan, walk_forward
 from tierlab.errors import ConfigError
 
 
@@ -85,3 +85,34 @@ def test_session_numbers_follow_the_exchange_calendar() -> None:
     w = window_panel(panel, numbers, range(2, 4))
     assert len(w.index) == 600
     assert w.index[0] == pd.Timestamp("2024-11-29 14:30", tz="UTC")  # 09:30 New York
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 90), train=st.integers(1, 30), test=st.integers(1, 12), purge=st.integers(0, 4),
+       holdout=st.integers(0, 10))
+def test_a_purge_gap_separates_everything_searched_from_the_holdout(
+    n: int, train: int, test: int, purge: int, holdout: int
+) -> None:
+    searched = n - (holdout + purge if holdout else 0)
+    if train + purge + test > searched:
+        with pytest.raises(ConfigError, match="sessions"):
+            study_plan(n, train, test, purge, holdout)
+        return
+    folds, hold = study_plan(n, train, test, purge, holdout)
+    if not holdout:
+        assert hold is None and max(folds[-1].test) == n - 1 - (searched - train - purge - test) % test
+        return
+    assert hold == range(n - holdout, n)  # the last sessions of the data
+    seen = [d for f in folds for d in (*f.train, *f.test)]
+    assert max(seen) + purge < hold.start  # `purge` sessions nobody sees, then the holdout
+    assert max(seen) == searched - 1 - (searched - train - purge - test) % test  # folds use all they may
+
+
+@pytest.mark.parametrize(("n", "train", "test", "purge", "holdout", "last_seen"),
+                         [(32, 10, 5, 1, 5, 25), (21, 4, 2, 1, 3, 16), (29, 6, 3, 2, 4, 22), (12, 3, 1, 0, 2, 9)])
+def test_concrete_plans_end_purge_sessions_before_the_holdout(
+    n: int, train: int, test: int, purge: int, holdout: int, last_seen: int
+) -> None:
+    folds, hold = study_plan(n, train, test, purge, holdout)
+    assert hold is not None and hold.start == n - holdout
+    assert max(max(f.test) for f in folds) == last_seen == hold.start - purge - 1
