@@ -109,3 +109,32 @@ def test_exit_legs_can_be_replaced_but_not_enlarged() -> None:
     assert e.replace(stop_leg.id, {"stop_price": 85.0}).stop_price == 85.0
     e.step()  # neither level is reached: the pair keeps resting
     assert oco.status == "new" and e.holdings["AAA"].qty == 10
+
+
+def _two_sessions() -> Panel:
+    idx = pd.DatetimeIndex([*pd.date_range("2024-11-01 19:58", periods=2, freq="1min", tz="UTC"),
+                            *pd.date_range("2024-11-04 14:30", periods=3, freq="1min", tz="UTC")])
+    o = np.full((len(idx), 1), 10.0)
+    return Panel(index=idx, symbols=("AAA",), open=o, high=o + 0.5, low=o - 0.5, close=o, volume=np.full(o.shape, 1e6))
+
+
+def test_orders_queued_while_closed_count_against_shorts_and_wash_trades() -> None:
+    """Catches: the short-sale and wash-trade checks looking only at routed orders, so a buy queued while the
+    market is closed let an opposite sell through that the same check refuses in session (Alpaca counts
+    `accepted` orders as open): at the open both filled and the account went short through a self-cross."""
+    e = SimEngine(_two_sessions(), SimConfig(slippage=0.0))
+    while e.is_open:
+        e.step()
+    buy = _order(e, qty=5)
+    assert buy.status == "accepted"
+    with pytest.raises(SimReject) as ei:
+        _order(e, side="sell", qty=10)  # would open a short while the long buy waits for the open
+    assert (ei.value.status, ei.value.body["message"]) == (403, "cannot open a short sell while a long buy order is open")
+    e.cancel(buy.id)
+    sell = _order(e, side="sell", type="limit", limit_price=10.0, qty=5)  # an opening short, queued
+    with pytest.raises(SimReject) as ei:
+        _order(e, type="limit", limit_price=10.5, qty=5)  # a buy crossing our own queued sell
+    assert ei.value.status == 422 and "wash trade" in ei.value.body["message"]
+    e.step()
+    e.step()
+    assert sell.status == "filled" and e.holdings["AAA"].qty == -5  # only the short: nothing crossed it
