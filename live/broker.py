@@ -146,8 +146,8 @@ def valid_prices(intent: OrderIntent, base_price: float | None = None) -> OrderI
 
     A buy limit rounds down and a sell limit up (never a worse price than decided); a protective
     stop rounds away from the market. A bracket's take-profit is at least $0.01 above its base
-    price and its stop at least $0.01 below (Alpaca refuses it otherwise); the base is
-    `base_price` (the decision's last price), else the limit price.
+    price and its stop at least $0.01 below (Alpaca refuses it otherwise); the base is Alpaca's:
+    a limit entry's limit price, else `base_price` (the decision's last price).
     """
     buy = intent.side == "buy"
     ch: dict[str, float | None] = {}
@@ -155,7 +155,8 @@ def valid_prices(intent: OrderIntent, base_price: float | None = None) -> OrderI
         ch["limit_price"] = round_price(intent.limit_price, "down" if buy else "up")
     if intent.stop_price is not None:
         ch["stop_price"] = round_price(intent.stop_price, "up" if buy else "down")
-    base = base_price if base_price is not None else ch.get("limit_price")
+    limit_base = intent.type == "limit" and "limit_price" in ch  # Alpaca checks a limit entry against its limit
+    base = ch["limit_price"] if limit_base else base_price if base_price is not None else ch.get("limit_price")
     if intent.take_profit is not None:
         tp = round_price(intent.take_profit, "up" if buy else "down")
         if base is not None:
