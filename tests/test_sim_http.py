@@ -106,6 +106,9 @@ BAD = [  # (method, path, query, raw body, status, text the message must name)
     ("POST", "/v2/orders", {}, json.dumps(_buy("AAA", 1, order_class="bracket", take_profit=5,
                                                 stop_loss={"stop_price": 1})).encode(), 422, "take_profit"),
     ("GET", "/v2/orders", {"limit": "all"}, None, 400, "limit"),
+    ("GET", "/v2/orders", {"status": "all", "limit": "-1"}, None, 400, "limit"),  # was 200 minus the oldest order
+    ("GET", "/v2/orders", {"status": "all", "limit": "0"}, None, 400, "limit"),  # was 200 and an empty list
+    ("GET", "/v2/orders", {"direction": "sideways"}, None, 400, "direction"),
     ("GET", "/v2/orders", {"after": "tuesday"}, None, 400, "after"),
     ("GET", "/v2/orders", {"status": "pending"}, None, 422, "status"),
     ("GET", "/v2/calendar", {"start": "soon"}, None, 400, "start"),

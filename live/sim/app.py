@@ -375,7 +375,13 @@ async def list_orders(request: web.Request) -> web.Response:
     if status not in ("open", "closed", "all"):
         raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid status: {status!r} (open, closed or all)")
     nested = q.get("nested", "").lower() == "true"
-    limit = min(_q_int(q, "limit", 50), 500)
+    limit = _q_int(q, "limit", 50)
+    if limit < 1:  # a slice by 0 or a negative number would silently drop orders from the answer
+        raise _bad("limit", q.get("limit"), "1 to 500")
+    limit = min(limit, 500)
+    direction = q.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise _bad("direction", direction, "asc or desc")
     syms = {s.strip().upper() for s in q["symbols"].split(",")} if q.get("symbols") else None
     after, until = _q_time(q, "after"), _q_time(q, "until")
     rows = []
@@ -389,7 +395,7 @@ async def list_orders(request: web.Request) -> web.Response:
         if (after is not None and o.created_at <= _utc(after)) or (until is not None and o.created_at >= _utc(until)):
             continue
         rows.append(o)
-    if q.get("direction", "desc") == "desc":
+    if direction == "desc":
         rows.reverse()
     return _json([wire.order_json(o, nested=nested) for o in rows[:limit]])
 
