@@ -682,6 +682,11 @@ class SimEngine:
                 raise SimReject(403, wire.CODE_FORBIDDEN,
                                 f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
                                 f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
+        elif held == 0:  # flat: a buy opens a long, which Alpaca refuses while a sale opening a short is open
+            for x in self.orders.values():
+                if x.pending and x.symbol == o.symbol and x.side == SELL and x.parent is None and x is not replacing:
+                    raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a long buy while a short sell order is open",
+                                    symbol=o.symbol, existing_order_id=x.id)
 
     def _check_short(self, o: SimOrder) -> None:
         """Alpaca's short-sale checks: a shortable, easy-to-borrow (or day-only) whole-share sale on a margin account."""
