@@ -95,6 +95,8 @@ BAD = [  # (method, path, query, raw body, status, text the message must name)
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "limit": "ten"}, None, 400, "limit"),
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "start": "yesterday-ish"}, None, 400, "start"),
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "end": "NaT"}, None, 400, "end"),
+    ("GET", "/v2/stocks/bars", {"symbols": "AAA", "start": "1500-01-01"}, None, 400, "start"),  # was a 500
+    ("GET", "/v2/stocks/bars", {"symbols": "AAA", "end": "2500-01-01"}, None, 400, "end"),  # was a 500
     ("PATCH", "/v2/orders/{id}", {}, b"limit_price=91", 400, "body"),
     ("PATCH", "/v2/orders/{id}", {}, b"[91]", 400, "body"),
     ("PATCH", "/v2/orders/{id}", {}, b'{"time_in_force": "forever"}', 422, "time_in_force"),
@@ -134,6 +136,23 @@ def test_bad_input_gets_alpaca_json_naming_the_problem(sim: SimServer, method: s
     codes = {400: {40010001}, 422: {40010001, 42210000}, 404: {40410000}, 405: {40500000}}[status]
     assert set(err) >= {"code", "message"} and err["code"] in codes, err  # Alpaca answers 422 with either code
     assert names in err["message"].lower(), err
+
+
+def test_a_portfolio_history_period_reaching_before_1678_is_the_whole_replay_not_a_500() -> None:
+    """period=400A gave 500 OutOfBoundsDatetime on a catalog panel (its index is datetime64[ns], where 400 years
+    back does not fit); Alpaca takes any '<n>A' and answers the history it has."""
+    import dataclasses
+
+    panel = _panel()
+    panel = dataclasses.replace(panel, index=panel.index.as_unit("ns"))  # as data.catalog reads it
+    with SimServer(panel, SimConfig(), rate_limit=100_000) as sim:
+        sim.step(3)  # some equity history to compare against the window's start
+        s = _session(sim)
+        whole = s.get(f"{sim.url}/v2/account/portfolio/history", params={"period": "400A", "timeframe": "1Min"})
+        assert whole.status_code == 200, whole.text
+        week = s.get(f"{sim.url}/v2/account/portfolio/history", params={"period": "1W", "timeframe": "1Min"}).json()
+        assert len(week["timestamp"]) == 3 and whole.json()["timestamp"] == week["timestamp"]
+        assert whole.json()["base_value"] == week["base_value"] == 100_000
 
 
 def test_calendar_far_outside_the_exchange_calendar_is_an_empty_list_not_a_500(sim: SimServer) -> None:

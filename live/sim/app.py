@@ -163,11 +163,11 @@ def _q_time(q: Any, name: str) -> pd.Timestamp | None:
     if not raw:
         return None
     try:
-        t = pd.Timestamp(raw)
-    except (ValueError, TypeError, OverflowError):
+        t = pd.Timestamp(raw).as_unit("ns")  # ns: years 1678..2261 (1500-01-01 parsed, then broke comparisons: 500)
+    except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
         t = pd.NaT
     if pd.isna(t):
-        raise _bad(name, raw, "expected an RFC 3339 time or a date")
+        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
     return t
 
 
@@ -500,7 +500,12 @@ async def portfolio_history(request: web.Request) -> web.Response:
     if end is None and date_end is not None:
         end = pd.Timestamp(date_end.strftime("%Y-%m-%d"), tz="America/New_York") + pd.Timedelta(days=1)
     end = _utc(end) if end is not None else e.now
-    start = _utc(start) if start is not None else end - span
+    if start is None:
+        try:
+            start = end - span
+        except (OverflowError, ValueError):  # a period reaching before 1678 (400A): the whole replay
+            start = min(e.panel.index[0], end)
+    start = _utc(start)
     if start > end:
         raise SimReject(422, wire.CODE_UNPROCESSABLE, "start must be before end")
     points = [(t, v) for t, v in e.history if start <= t < end]
