@@ -212,6 +212,23 @@ def test_cli_on_an_empty_catalog_exits_2_with_one_line_pointing_at_the_sample() 
     assert "no bars for 2024-11-01" in lines[0] and "--sample" in lines[0] and "python -m data sample" in lines[0]
 
 
+def test_a_taken_or_impossible_port_is_one_line_not_a_traceback() -> None:
+    """Catches: bind() errors escaping as tracebacks (OSError 'Address already in use', OverflowError for 99999)."""
+    import socket
+
+    from tierlab.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*--port"):
+            SimServer(_panel(), port=port).start()
+    r = subprocess.run([sys.executable, "-m", "live.sim", "--replay", "2024-11-01", "--port", "99999"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr.strip()) == (2, "live.sim: --port must be 0..65535 (0 picks a free port), got 99999")
+
+
 # ------------------------------------------------------------------ 4: following next_page_token
 def _rows(bars: dict) -> list[tuple[str, str, float]]:
     return [(sym, b["t"], b["c"]) for sym, lst in bars.items() for b in lst]
