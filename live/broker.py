@@ -20,6 +20,7 @@ Errors are tierlab.errors.BrokerError with `status` and `retryable`; keys never 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import time
@@ -131,13 +132,15 @@ def tick_size(price: float) -> Decimal:
 
 def round_price(price: float, how: str = "nearest") -> float:
     """`price` on a valid tick, rounded "down", "up" or to the "nearest" tick."""
-    if not price > 0:
-        raise BrokerError(f"price must be > 0, got {price!r}")
+    if not (price > 0 and math.isfinite(price)):  # inf once escaped as decimal.InvalidOperation
+        raise BrokerError(f"price must be > 0 (and finite), got {price!r}", retryable=False)
     mode = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_UP}[how]
     d = Decimal(repr(float(price)))
     out = d.quantize(tick_size(price), rounding=mode)
     if out < 1 <= price or (out >= 1 > price):  # crossed $1: re-round on the tick of the other side
         out = d.quantize(tick_size(float(out)), rounding=mode)
+    if out <= 0:  # under half a tick ($0.0001): no valid price on that side, never send 0
+        raise BrokerError(f"price {price!r} rounds {how} to 0 on Alpaca's $0.0001 tick", retryable=False)
     return float(out)
 
 

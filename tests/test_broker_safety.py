@@ -348,6 +348,16 @@ def test_prices_go_on_valid_ticks() -> None:
         round_price(0.0)
 
 
+def test_a_price_with_no_valid_tick_is_a_clear_broker_error() -> None:
+    """Catches: 0.00004 rounded down to 0.0 (an order Alpaca refuses, sent anyway) and inf escaping as
+    decimal.InvalidOperation instead of a BrokerError naming the price."""
+    for price, how in ((0.00004, "down"), (0.00004, "nearest"), (float("inf"), "up"), (float("-inf"), "down")):
+        with pytest.raises(BrokerError, match="price") as ei:
+            round_price(price, how)
+        assert not ei.value.retryable
+    assert round_price(0.00005, "nearest") == 0.0001 and round_price(1e-300, "up") == 0.0001
+
+
 def test_bracket_prices_round_away_from_the_market_and_keep_a_cent_from_the_base() -> None:
     i = _intent(7, take_profit=10.3049, stop_loss=9.8551)
     v = valid_prices(i, base_price=10.0)
