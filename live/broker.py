@@ -20,6 +20,7 @@ Errors are tierlab.errors.BrokerError with `status` and `retryable`; keys never 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import time
@@ -131,13 +132,15 @@ def tick_size(price: float) -> Decimal:
 
 def round_price(price: float, how: str = "nearest") -> float:
     """`price` on a valid tick, rounded "down", "up" or to the "nearest" tick."""
-    if not price > 0:
-        raise BrokerError(f"price must be > 0, got {price!r}")
+    if not (price > 0 and math.isfinite(price)):  # inf once escaped as decimal.InvalidOperation
+        raise BrokerError(f"price must be > 0 (and finite), got {price!r}", retryable=False)
     mode = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_UP}[how]
     d = Decimal(repr(float(price)))
     out = d.quantize(tick_size(price), rounding=mode)
     if out < 1 <= price or (out >= 1 > price):  # crossed $1: re-round on the tick of the other side
         out = d.quantize(tick_size(float(out)), rounding=mode)
+    if out <= 0:  # under half a tick ($0.0001): no valid price on that side, never send 0
+        raise BrokerError(f"price {price!r} rounds {how} to 0 on Alpaca's $0.0001 tick", retryable=False)
     return float(out)
 
 
@@ -146,8 +149,8 @@ def valid_prices(intent: OrderIntent, base_price: float | None = None) -> OrderI
 
     A buy limit rounds down and a sell limit up (never a worse price than decided); a protective
     stop rounds away from the market. A bracket's take-profit is at least $0.01 above its base
-    price and its stop at least $0.01 below (Alpaca refuses it otherwise); the base is
-    `base_price` (the decision's last price), else the limit price.
+    price and its stop at least $0.01 below (Alpaca refuses it otherwise); the base is Alpaca's:
+    a limit entry's limit price, else `base_price` (the decision's last price).
     """
     buy = intent.side == "buy"
     ch: dict[str, float | None] = {}
@@ -155,7 +158,8 @@ def valid_prices(intent: OrderIntent, base_price: float | None = None) -> OrderI
         ch["limit_price"] = round_price(intent.limit_price, "down" if buy else "up")
     if intent.stop_price is not None:
         ch["stop_price"] = round_price(intent.stop_price, "up" if buy else "down")
-    base = base_price if base_price is not None else ch.get("limit_price")
+    limit_base = intent.type == "limit" and "limit_price" in ch  # Alpaca checks a limit entry against its limit
+    base = ch["limit_price"] if limit_base else base_price if base_price is not None else ch.get("limit_price")
     if intent.take_profit is not None:
         tp = round_price(intent.take_profit, "up" if buy else "down")
         if base is not None:

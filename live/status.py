@@ -7,7 +7,10 @@ thread with a timeout, so a slow or failing snapshot gives a 503 with a reason, 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import ipaddress
+import json
 import math
 import socket
 import threading
@@ -53,16 +56,24 @@ def _loopback(host: str) -> str:
 
 
 def _json_safe(x: Any) -> Any:
-    """Non-finite floats become None (JSON has no Infinity/NaN); numpy scalars become Python numbers."""
+    """Non-finite floats become None (JSON has no Infinity/NaN); numpy scalars become Python numbers; times ISO text."""
+    if isinstance(x, dt.date | dt.datetime):  # pandas Timestamps too
+        return x.isoformat()
     if isinstance(x, dict):
         return {str(k): _json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_json_safe(v) for v in x]
     if hasattr(x, "item") and callable(x.item):
         x = x.item()
+    if isinstance(x, dt.date | dt.datetime):  # numpy datetime64.item()
+        return x.isoformat()
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+# anything else JSON cannot hold (a Decimal, an enum, a path) is sent as its text, never a 500
+_dumps = functools.partial(json.dumps, default=str)
 
 
 class StatusServer:
@@ -124,7 +135,7 @@ class StatusServer:
             "feed": {"ok": feed_ok, "lag_s": lag, "max_lag_s": self.max_feed_lag_s},
             **({"info": snap.info} if snap.info else {}),
         }
-        return web.json_response(_json_safe(body), status=200 if body["status"] == "ok" else 503)
+        return web.json_response(_json_safe(body), dumps=_dumps, status=200 if body["status"] == "ok" else 503)
 
     async def _summary(self, request: web.Request) -> web.Response:
         snap = await self._snap()
@@ -133,7 +144,7 @@ class StatusServer:
         missing = [f for f in SUMMARY_FIELDS if f not in snap.portfolio]
         if missing:
             return web.json_response({"error": f"portfolio summary lacks {', '.join(missing)}"}, status=503)
-        return web.json_response(_json_safe(dict(snap.portfolio)))
+        return web.json_response(_json_safe(dict(snap.portfolio)), dumps=_dumps)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = self.metrics.render()

@@ -348,6 +348,16 @@ def test_prices_go_on_valid_ticks() -> None:
         round_price(0.0)
 
 
+def test_a_price_with_no_valid_tick_is_a_clear_broker_error() -> None:
+    """Catches: 0.00004 rounded down to 0.0 (an order Alpaca refuses, sent anyway) and inf escaping as
+    decimal.InvalidOperation instead of a BrokerError naming the price."""
+    for price, how in ((0.00004, "down"), (0.00004, "nearest"), (float("inf"), "up"), (float("-inf"), "down")):
+        with pytest.raises(BrokerError, match="price") as ei:
+            round_price(price, how)
+        assert not ei.value.retryable
+    assert round_price(0.00005, "nearest") == 0.0001 and round_price(1e-300, "up") == 0.0001
+
+
 def test_bracket_prices_round_away_from_the_market_and_keep_a_cent_from_the_base() -> None:
     i = _intent(7, take_profit=10.3049, stop_loss=9.8551)
     v = valid_prices(i, base_price=10.0)
@@ -579,3 +589,16 @@ def test_broker_module_does_not_import_the_sim() -> None:
     from live.sim.server import sim_keys as sims_own
 
     assert sim_keys() == sims_own()  # the adapter reaches the sim with the sim's own defaults
+
+
+def test_a_limit_brackets_levels_are_kept_a_cent_from_its_limit_price(sim_and_clock) -> None:
+    """Catches: the bracket base taken from the last price even for a limit entry. Alpaca (and the sim) check a
+    limit entry's take-profit and stop against its limit price: a take-profit at the limit was sent unchanged
+    and refused (422), and a dip-buy's take-profit under the last price was moved above it (a changed decision)."""
+    sim, clock = sim_and_clock
+    broker = _sim_broker(sim, clock)
+    up = broker.submit(_intent(60, type="limit", limit_price=10.5, take_profit=10.5, stop_loss=9.0), base_price=10.0)
+    assert up.status.value == "new"
+    assert sorted(float(x.limit_price or x.stop_price) for x in up.legs) == [9.0, 10.51]
+    dip = valid_prices(_intent(61, type="limit", limit_price=9.5, take_profit=9.9, stop_loss=9.495), base_price=10.0)
+    assert (dip.take_profit, dip.stop_loss) == (9.9, 9.49)  # as decided: both a cent or more from the 9.50 limit

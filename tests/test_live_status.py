@@ -123,3 +123,25 @@ def test_metrics_are_prometheus_text_per_runner(served) -> None:
 def test_status_server_binds_loopback_only() -> None:
     with pytest.raises(ConfigError, match="loopback only"):
         StatusServer(lambda: None, RunnerMetrics(), host="0.0.0.0")
+
+
+def test_times_and_decimals_in_a_snapshot_are_json_text_not_a_500(served) -> None:
+    """Catches: a runner putting a datetime (session, last bar) or a Decimal in its snapshot turned both
+    endpoints into aiohttp's text/plain 500 (json.dumps cannot encode them)."""
+    import datetime as dt
+    from decimal import Decimal
+
+    runner, _, srv = served
+    runner.summary["as_of"] = dt.datetime(2024, 11, 1, 14, 30, tzinfo=dt.UTC)
+    runner.summary["cash"] = Decimal("1234.5")
+    status, ctype, body = _get(srv.url + "/portfolio/summary")
+    assert (status, ctype.split(";")[0]) == (200, "application/json")
+    assert (body["as_of"], body["cash"]) == ("2024-11-01T14:30:00+00:00", "1234.5")
+    orig = runner.snapshot
+    runner.snapshot = lambda: StatusSnapshot(True, True, 3.0, {}, info={"session": dt.date(2024, 11, 1)})
+    srv.snapshot = runner.snapshot
+    try:
+        status, _, body = _get(srv.url + "/health")
+        assert status == 200 and body["info"] == {"session": "2024-11-01"}
+    finally:
+        srv.snapshot = orig

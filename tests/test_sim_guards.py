@@ -109,3 +109,50 @@ def test_exit_legs_can_be_replaced_but_not_enlarged() -> None:
     assert e.replace(stop_leg.id, {"stop_price": 85.0}).stop_price == 85.0
     e.step()  # neither level is reached: the pair keeps resting
     assert oco.status == "new" and e.holdings["AAA"].qty == 10
+
+
+def _two_sessions() -> Panel:
+    idx = pd.DatetimeIndex([*pd.date_range("2024-11-01 19:58", periods=2, freq="1min", tz="UTC"),
+                            *pd.date_range("2024-11-04 14:30", periods=3, freq="1min", tz="UTC")])
+    o = np.full((len(idx), 2), 10.0)
+    return Panel(index=idx, symbols=("AAA", "BBB"), open=o, high=o + 0.5, low=o - 0.5, close=o,
+                 volume=np.full(o.shape, 1e6))
+
+
+def test_orders_queued_while_closed_count_against_shorts_and_wash_trades() -> None:
+    """Catches: the short-sale and wash-trade checks looking only at routed orders, so a buy queued while the
+    market is closed let an opposite sell through that the same check refuses in session (Alpaca counts
+    `accepted` orders as open): at the open both filled and the account went short through a self-cross."""
+    e = SimEngine(_two_sessions(), SimConfig(slippage=0.0))
+    _order(e, symbol="BBB", qty=5)
+    while e.is_open:
+        e.step()
+    assert e.holdings["BBB"].qty == 5
+    buy = _order(e, qty=5)
+    assert buy.status == "accepted"
+    with pytest.raises(SimReject) as ei:
+        _order(e, side="sell", qty=10)  # would open a short while the long buy waits for the open
+    assert (ei.value.status, ei.value.body["message"]) == (403, "cannot open a short sell while a long buy order is open")
+    sell = _order(e, symbol="BBB", side="sell", type="limit", limit_price=10.0, qty=5)  # closing BBB, queued
+    with pytest.raises(SimReject) as ei:
+        _order(e, symbol="BBB", type="limit", limit_price=10.5, qty=5)  # a buy crossing our own queued sell
+    assert ei.value.status == 422 and "wash trade" in ei.value.body["message"]
+    e.step()
+    e.step()
+    assert (buy.status, sell.status) == ("filled", "filled")
+    assert (e.holdings["AAA"].qty, "BBB" in e.holdings) == (5, False)  # nothing crossed, nothing went short
+
+
+def test_a_buy_that_opens_a_long_is_refused_while_a_short_sale_is_open() -> None:
+    """Catches: only the sell side of Alpaca's rule ("cannot open a short sell while a long buy order is open").
+    Its mirror, "cannot open a long buy while a short sell order is open" (403), was missing: flat, a resting short
+    sale and a buy stop were both taken, and one bar through both levels flipped the account from short to long."""
+    e = SimEngine(_panel([10.0, 10.0, 10.0], [9.5] * 3, [1e6] * 3), SimConfig(slippage=0.0))
+    short = _order(e, side="sell", type="limit", limit_price=10.3, qty=1, time_in_force="gtc")
+    with pytest.raises(SimReject) as ei:
+        _order(e, type="stop", stop_price=10.4, qty=10, time_in_force="gtc")
+    assert (ei.value.status, ei.value.body["message"]) == (403, "cannot open a long buy while a short sell order is open")
+    assert ei.value.body["existing_order_id"] == short.id
+    e.step()  # the bar's high (10.5) trades through both levels
+    assert short.status == "filled" and e.holdings["AAA"].qty == -1  # short, never flipped long in one bar
+    assert _order(e, qty=1).status == "new"  # covering the short is a closing buy, allowed

@@ -95,6 +95,8 @@ BAD = [  # (method, path, query, raw body, status, text the message must name)
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "limit": "ten"}, None, 400, "limit"),
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "start": "yesterday-ish"}, None, 400, "start"),
     ("GET", "/v2/stocks/bars", {"symbols": "AAA", "end": "NaT"}, None, 400, "end"),
+    ("GET", "/v2/stocks/bars", {"symbols": "AAA", "start": "1500-01-01"}, None, 400, "start"),  # was a 500
+    ("GET", "/v2/stocks/bars", {"symbols": "AAA", "end": "2500-01-01"}, None, 400, "end"),  # was a 500
     ("PATCH", "/v2/orders/{id}", {}, b"limit_price=91", 400, "body"),
     ("PATCH", "/v2/orders/{id}", {}, b"[91]", 400, "body"),
     ("PATCH", "/v2/orders/{id}", {}, b'{"time_in_force": "forever"}', 422, "time_in_force"),
@@ -106,6 +108,9 @@ BAD = [  # (method, path, query, raw body, status, text the message must name)
     ("POST", "/v2/orders", {}, json.dumps(_buy("AAA", 1, order_class="bracket", take_profit=5,
                                                 stop_loss={"stop_price": 1})).encode(), 422, "take_profit"),
     ("GET", "/v2/orders", {"limit": "all"}, None, 400, "limit"),
+    ("GET", "/v2/orders", {"status": "all", "limit": "-1"}, None, 400, "limit"),  # was 200 minus the oldest order
+    ("GET", "/v2/orders", {"status": "all", "limit": "0"}, None, 400, "limit"),  # was 200 and an empty list
+    ("GET", "/v2/orders", {"direction": "sideways"}, None, 400, "direction"),
     ("GET", "/v2/orders", {"after": "tuesday"}, None, 400, "after"),
     ("GET", "/v2/orders", {"status": "pending"}, None, 422, "status"),
     ("GET", "/v2/calendar", {"start": "soon"}, None, 400, "start"),
@@ -131,6 +136,23 @@ def test_bad_input_gets_alpaca_json_naming_the_problem(sim: SimServer, method: s
     codes = {400: {40010001}, 422: {40010001, 42210000}, 404: {40410000}, 405: {40500000}}[status]
     assert set(err) >= {"code", "message"} and err["code"] in codes, err  # Alpaca answers 422 with either code
     assert names in err["message"].lower(), err
+
+
+def test_a_portfolio_history_period_reaching_before_1678_is_the_whole_replay_not_a_500() -> None:
+    """period=400A gave 500 OutOfBoundsDatetime on a catalog panel (its index is datetime64[ns], where 400 years
+    back does not fit); Alpaca takes any '<n>A' and answers the history it has."""
+    import dataclasses
+
+    panel = _panel()
+    panel = dataclasses.replace(panel, index=panel.index.as_unit("ns"))  # as data.catalog reads it
+    with SimServer(panel, SimConfig(), rate_limit=100_000) as sim:
+        sim.step(3)  # some equity history to compare against the window's start
+        s = _session(sim)
+        whole = s.get(f"{sim.url}/v2/account/portfolio/history", params={"period": "400A", "timeframe": "1Min"})
+        assert whole.status_code == 200, whole.text
+        week = s.get(f"{sim.url}/v2/account/portfolio/history", params={"period": "1W", "timeframe": "1Min"}).json()
+        assert len(week["timestamp"]) == 3 and whole.json()["timestamp"] == week["timestamp"]
+        assert whole.json()["base_value"] == week["base_value"] == 100_000
 
 
 def test_calendar_far_outside_the_exchange_calendar_is_an_empty_list_not_a_500(sim: SimServer) -> None:
@@ -188,6 +210,23 @@ def test_cli_on_an_empty_catalog_exits_2_with_one_line_pointing_at_the_sample() 
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "no bars for 2024-11-01" in lines[0] and "--sample" in lines[0] and "python -m data sample" in lines[0]
+
+
+def test_a_taken_or_impossible_port_is_one_line_not_a_traceback() -> None:
+    """Catches: bind() errors escaping as tracebacks (OSError 'Address already in use', OverflowError for 99999)."""
+    import socket
+
+    from tierlab.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*--port"):
+            SimServer(_panel(), port=port).start()
+    r = subprocess.run([sys.executable, "-m", "live.sim", "--replay", "2024-11-01", "--port", "99999"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr.strip()) == (2, "live.sim: --port must be 0..65535 (0 picks a free port), got 99999")
 
 
 # ------------------------------------------------------------------ 4: following next_page_token

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from live.sim.engine import SimConfig
 from live.sim.server import SimServer
-from tierlab.errors import DataError, TierlabError
+from tierlab.errors import ConfigError, DataError, TierlabError
 
 if TYPE_CHECKING:
     from data.bars import Panel
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         from live.sim.server import loopback_host
 
         loopback_host(a.host)  # fail before touching the catalog
+        if not 0 <= a.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535 (0 picks a free port), got {a.port}")
         from data.catalog import Catalog
 
         cat = Catalog()

@@ -163,11 +163,11 @@ def _q_time(q: Any, name: str) -> pd.Timestamp | None:
     if not raw:
         return None
     try:
-        t = pd.Timestamp(raw)
-    except (ValueError, TypeError, OverflowError):
+        t = pd.Timestamp(raw).as_unit("ns")  # ns: years 1678..2261 (1500-01-01 parsed, then broke comparisons: 500)
+    except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
         t = pd.NaT
     if pd.isna(t):
-        raise _bad(name, raw, "expected an RFC 3339 time or a date")
+        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
     return t
 
 
@@ -375,7 +375,13 @@ async def list_orders(request: web.Request) -> web.Response:
     if status not in ("open", "closed", "all"):
         raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid status: {status!r} (open, closed or all)")
     nested = q.get("nested", "").lower() == "true"
-    limit = min(_q_int(q, "limit", 50), 500)
+    limit = _q_int(q, "limit", 50)
+    if limit < 1:  # a slice by 0 or a negative number would silently drop orders from the answer
+        raise _bad("limit", q.get("limit"), "1 to 500")
+    limit = min(limit, 500)
+    direction = q.get("direction", "desc")
+    if direction not in ("asc", "desc"):
+        raise _bad("direction", direction, "asc or desc")
     syms = {s.strip().upper() for s in q["symbols"].split(",")} if q.get("symbols") else None
     after, until = _q_time(q, "after"), _q_time(q, "until")
     rows = []
@@ -389,7 +395,7 @@ async def list_orders(request: web.Request) -> web.Response:
         if (after is not None and o.created_at <= _utc(after)) or (until is not None and o.created_at >= _utc(until)):
             continue
         rows.append(o)
-    if q.get("direction", "desc") == "desc":
+    if direction == "desc":
         rows.reverse()
     return _json([wire.order_json(o, nested=nested) for o in rows[:limit]])
 
@@ -494,7 +500,12 @@ async def portfolio_history(request: web.Request) -> web.Response:
     if end is None and date_end is not None:
         end = pd.Timestamp(date_end.strftime("%Y-%m-%d"), tz="America/New_York") + pd.Timedelta(days=1)
     end = _utc(end) if end is not None else e.now
-    start = _utc(start) if start is not None else end - span
+    if start is None:
+        try:
+            start = end - span
+        except (OverflowError, ValueError):  # a period reaching before 1678 (400A): the whole replay
+            start = min(e.panel.index[0], end)
+    start = _utc(start)
     if start > end:
         raise SimReject(422, wire.CODE_UNPROCESSABLE, "start must be before end")
     points = [(t, v) for t, v in e.history if start <= t < end]

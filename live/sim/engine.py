@@ -168,6 +168,14 @@ class SimOrder:
         """True when the order is working at the venue (open, not queued, not a held leg unless armed)."""
         return self.is_open and self.status != "accepted" and (self.status != "held" or self.armed)
 
+    @property
+    def pending(self) -> bool:
+        """True for an order that is or will be working: active, or queued (`accepted`) for the next open.
+
+        Alpaca counts a queued order as open, so the short-sale and wash-trade checks must see it too.
+        """
+        return self.is_open and (self.status != "held" or self.armed)
+
 
 @dataclass
 class Holding:
@@ -674,6 +682,11 @@ class SimEngine:
                 raise SimReject(403, wire.CODE_FORBIDDEN,
                                 f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
                                 f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
+        elif held == 0:  # flat: a buy opens a long, which Alpaca refuses while a sale opening a short is open
+            for x in self.orders.values():
+                if x.pending and x.symbol == o.symbol and x.side == SELL and x.parent is None and x is not replacing:
+                    raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a long buy while a short sell order is open",
+                                    symbol=o.symbol, existing_order_id=x.id)
 
     def _check_short(self, o: SimOrder) -> None:
         """Alpaca's short-sale checks: a shortable, easy-to-borrow (or day-only) whole-share sale on a margin account."""
@@ -688,7 +701,7 @@ class SimEngine:
             raise SimReject(422, wire.CODE_UNPROCESSABLE,
                             f"only day orders are allowed for hard-to-borrow asset {o.symbol}", symbol=o.symbol)
         for x in self.orders.values():
-            if x.active and x.symbol == o.symbol and x.side == BUY and x.parent is None:
+            if x.pending and x.symbol == o.symbol and x.side == BUY and x.parent is None:
                 raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a short sell while a long buy order is open",
                                 symbol=o.symbol, existing_order_id=x.id)
 
@@ -710,7 +723,7 @@ class SimEngine:
         if o.type not in ("market", "limit"):
             return
         for x in self.orders.values():
-            if not (x.active and x.symbol == o.symbol and x.side == -o.side and x.type in ("market", "limit")):
+            if not (x.pending and x.symbol == o.symbol and x.side == -o.side and x.type in ("market", "limit")):
                 continue
             if o.type == "market" or x.type == "market":
                 cross = True

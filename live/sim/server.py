@@ -120,7 +120,12 @@ class SimServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except (OSError, OverflowError) as e:  # port taken, or not a port: one line for the user, no traceback
+            sock.close()
+            why = getattr(e, "strerror", None) or str(e)
+            raise ConfigError(f"live.sim cannot listen on {self._netloc}: {why} (pick another --port, or 0 for a free one)") from None
         self.port = sock.getsockname()[1]
         self._runner = web.AppRunner(build_app(self.hub), access_log=None)
         await self._runner.setup()
