@@ -86,7 +86,7 @@ def test_refusals_are_broker_errors_without_keys(sim_and_clock) -> None:
     bad = AlpacaBroker("wrong-key", "wrong-secret", url=sim.url, sleep=clock.advance, now=clock)
     with pytest.raises(BrokerError) as ei:
         bad.account()
-    assert ei.value.status == 403 and "wrong-secret" not in str(ei.value)
+    assert ei.value.status in (401, 403) and not ei.value.retryable and "wrong-secret" not in str(ei.value)
 
 
 def test_persistent_5xx_gives_up_as_retryable(sim_and_clock) -> None:
