@@ -378,3 +378,72 @@ def drive_sim(runner: Runner, feed: Any, history: History, *, executor: Any = No
             if executor is not None:
                 executor.drain()
             return "done"
+
+
+def reconcile(runner: Runner, broker: Any) -> list[dict[str, Any]]:
+    """The broker is the truth: read its book (every page, legs included) and adopt it into the state."""
+    rec = broker.reconcile()
+    details = getattr(rec, "position_details", {}) or {}
+    pos = {}
+    for sym, qty in rec.positions.items():
+        d = details.get(sym)
+        avg = float(d.avg_entry_price) if d is not None and d.avg_entry_price is not None else float("nan")
+        pos[sym] = (float(qty), avg)
+    diffs = runner.adopt(pos, None)
+    if diffs:
+        runner.store.r.set(runner.store.keys.state, state_to_bytes(runner.state))
+    return diffs
+
+
+def kill_switch(store: RedisState, broker: Any) -> dict[str, int]:
+    """Cancel every open order and close every position at the broker (logged); the state stays saved."""
+    canceled = closed = 0
+    for o in broker.open_orders():
+        try:
+            broker.cancel(str(o.id))
+            canceled += 1
+        except Exception as e:  # an order that filled or expired meanwhile
+            log.warning("kill_cancel_failed", ticker=o.symbol, client_order_id=o.client_order_id, reason=str(e))
+    for p in broker.positions():
+        try:
+            broker._call("close_position", broker.client.close_position, p.symbol, ticker=p.symbol)
+            closed += 1
+        except Exception as e:
+            log.error("kill_flatten_failed", ticker=p.symbol, reason=str(e))
+    store.r.hset(store.keys.status, "stopped", "kill_switch")
+    log.warning("kill_switch", canceled=canceled, closed=closed, rule="kill", reason="kill switch set")
+    return {"canceled": canceled, "closed": closed}
+
+
+def drive_alpaca(runner: Runner, api_key: str, secret_key: str, broker: Any, *,
+                 stop: Callable[[], bool] = lambda: False, grace_s: float = 3.0) -> str:
+    """Alpaca paper: live minute bars from StockDataStream; a minute is decided when every symbol has
+    sent its bar or `grace_s` after its end; minutes missed (reconnects, restarts) come from history.
+    """
+    from live.feeds import AlpacaBarFeed
+
+    feed = AlpacaBarFeed(api_key, secret_key, runner.symbols, grace_s=grace_s).start()
+    reconcile(runner, broker)
+    try:
+        while not (stop() or runner.store.killed()):
+            now = pd.Timestamp.now(tz="UTC")
+            runner.open_session(ny_date(now))
+            runner.add(feed.poll(0.25))
+            b = runner.bars
+            assert b is not None
+            r_now = b.row(now.floor("min") - pd.Timedelta(minutes=1))
+            if r_now is None:
+                if now >= b.index[-1] + pd.Timedelta(minutes=2):
+                    return "session_closed"
+                continue
+            r0 = b.row(runner.last_epoch)
+            nxt = 0 if r0 is None else r0 + 1
+            while nxt <= r_now:
+                t = b.index[nxt]
+                if not (b.has(nxt).all() or feed.due(t)):
+                    break
+                runner.decide_through(t)
+                nxt += 1
+        return "stopped"
+    finally:
+        feed.stop()
