@@ -94,8 +94,10 @@ class Executor:
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
         """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost)."""
-        while not stop():
+        while True:
             try:
+                if stop():
+                    return
                 self.drain(block_ms)
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.error("executor_redis_unreachable", reason=type(e).__name__)

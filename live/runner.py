@@ -354,16 +354,27 @@ def drive_sim(runner: Runner, feed: Any, history: History, *, executor: Any = No
         if runner.bars is not None and runner.bars.row(closed) is not None:
             runner.decide_through(closed)
     steps = 0
+    down = False
     while True:
-        if stop() or runner.store.killed():
-            return "stopped"
-        if executor is not None:
-            executor.drain()
-        elif wait_executor:
-            while not runner.store.executor_idle():
-                if stop() or runner.store.killed():
-                    return "stopped"
-                time.sleep(0.001)
+        try:
+            if stop() or runner.store.killed():
+                return "stopped"
+            if executor is not None:
+                executor.drain()
+            elif wait_executor:
+                while not runner.store.executor_idle():
+                    if stop() or runner.store.killed():
+                        return "stopped"
+                    time.sleep(0.001)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if not down:
+                log.error("redis_unreachable", reason=type(e).__name__, action="clock held; no step, no order")
+            down = True
+            time.sleep(runner.retry_s)
+            continue
+        if down:
+            log.info("redis_back", action="resuming")
+            down = False
         if max_steps is not None and steps >= max_steps:
             return "paused"
         t, done = feed.advance()

@@ -133,10 +133,19 @@ class RedisState:
 
     def executor_idle(self) -> bool:
         """True when the executor has read and acknowledged every signal (nothing lagging or pending)."""
-        for g in self.r.xinfo_groups(self.keys.signals):
+        def sid(x: Any) -> tuple[int, int]:
+            a, b = (x.decode() if isinstance(x, bytes) else str(x)).split("-")
+            return int(a), int(b)
+
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xinfo_groups(self.keys.signals)
+        pipe.xinfo_stream(self.keys.signals)
+        groups, stream = pipe.execute()
+        for g in groups:
             name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            if name == GROUP:
-                return int(g.get("pending", 0)) == 0 and int(g.get("lag") or 0) == 0
+            if name == GROUP:  # `lag` is unknown after a restart: compare ids instead
+                return int(g.get("pending", 0)) == 0 and sid(g["last-delivered-id"]) >= sid(
+                    stream["last-generated-id"])
         return False
 
     def killed(self) -> bool:

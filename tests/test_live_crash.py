@@ -167,3 +167,39 @@ def test_executor_killed_at_random_signals_ends_with_the_same_orders(redis_url: 
         for k in r.scan_iter(f"{root}*"):
             r.delete(k)
         sim.stop()
+
+
+def test_redis_stopped_for_10s_holds_orders_and_resumes(private_redis: tuple[str, Path, int], tmp_path: Path) -> None:
+    url, workdir, port = private_redis
+    sim, panel, root, bt_orders = _setup(url)
+    r = redis.Redis.from_url(url)
+    start = int(panel.index[0].value // 1_000_000_000)
+    ex = _proc("executor", sim.url, url, root, tmp_path / "executor.log")
+    run = _proc("run", sim.url, url, root, tmp_path / "runner.log")
+    try:
+        deadline = time.monotonic() + 180
+        while _bar(r, root) < start + 60 * 35:
+            assert time.monotonic() < deadline and run.poll() is None, (tmp_path / "runner.log").read_text()[-2000:]
+            time.sleep(0.01)
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(port), "shutdown"], capture_output=True,
+                       check=False)
+        orders_at_stop = len(sim.call(lambda: list(sim.engine.orders)))
+        time.sleep(10)
+        orders_after = len(sim.call(lambda: list(sim.engine.orders)))
+        assert orders_after == orders_at_stop, "an order went out while the state could not be persisted"
+        assert run.poll() is None, "the runner died with Redis"
+        _start_redis(port, workdir)
+        assert run.wait(300) == 0, (tmp_path / "runner.log").read_text()[-3000:]
+        log = (tmp_path / "runner.log").read_text()
+        assert "state_not_persisted" in log or "redis_unreachable" in log
+        for _ in range(200):
+            if r.xpending(f"{root}sim:tiered_basket:default:signals.raw", "executor")["pending"] == 0:
+                break
+            time.sleep(0.05)
+        _finish(sim, bt_orders, tmp_path)
+    finally:
+        for p in (run, ex):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        sim.stop()
