@@ -7,7 +7,7 @@ MODE   ?=
 TRIALS ?= 30
 ARGS   ?=
 
-.PHONY: setup test lint backtest sample tune bench clean
+.PHONY: setup test lint backtest sample tune bench clean live-paper
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ backtest: setup
 
 tune: setup
 	$(PY) -m research.tune --trials $(TRIALS) $(if $(MODE),--mode $(MODE)) $(ARGS)
+
+# Alpaca paper with ALPACA_API_KEY/ALPACA_SECRET_KEY; else the latest sample session through live.sim
+live-paper: setup
+	AUTO_MODE=1 $(PY) -m tierlab.live_paper $(if $(MODE),--mode $(MODE)) $(ARGS)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -187,7 +187,8 @@ class Runner:
                  for k in range(len(oi))]
         signals = self._signals(t, now, dec, score, oi)
         record = {"t": int(t.value // 1_000_000_000), "codes": dec.tolist(), "scores": score.tolist(),
-                  "fills": fills, "equity": float(K.equity_nb(self.state))}
+                  "fills": fills, "equity": float(K.equity_nb(self.state)), "cash": float(self.state.f[K.F_CASH]),
+                  "stats": stats.tolist()}
         summary = self.summary(t, dec, score)
         self._persist(int(t.value // 1_000_000_000), before, record, signals, summary)
         m = Minute(t, dec, score, fills, signals, time.perf_counter() - t0)

@@ -115,18 +115,27 @@ def backtest(
     with bar:
         result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
         bar.update()
-        bar.set_description("portfolio")
-        panel = _align(panel, result)
-        rp = replay(result, panel.close)
-        bar.update()
-        bar.set_description("KPIs")
-        trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
-        metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades).iloc[0].to_dict()
-        for key in ("n_trades", "n_orders"):
-            metrics[key] = int(metrics[key])
-        signals = kpis.signal_kpis(result, trades, 0)
-        hourly = kpis.hourly_kpis(result, trades, 0)
-        bar.update()
+        bar.set_description("portfolio + KPIs")
+        bt = evaluate(strategy.name, params, panel, result)
+        bar.update(2)
+    bt.seconds = time.perf_counter() - t0
+    return bt
+
+
+def evaluate(strategy_name: str, params: Any, panel: Panel, result: RunResult, seconds: float = 0.0) -> BacktestResult:
+    """Replay a one-set RunResult in vectorbt and compute every KPI and tidy frame.
+
+    The backtest calls it on `strategy.run`'s result; the live runner's report on a RunResult built
+    from the broker's fills and the runner's decisions, so both read the same way.
+    """
+    panel = _align(panel, result)
+    rp = replay(result, panel.close)
+    trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
+    metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades).iloc[0].to_dict()
+    for key in ("n_trades", "n_orders"):
+        metrics[key] = int(metrics[key])
+    signals = kpis.signal_kpis(result, trades, 0)
+    hourly = kpis.hourly_kpis(result, trades, 0)
     sym = np.asarray(result.symbols, dtype=object)
     trades = trades.assign(
         symbol=sym[trades["col"]],
@@ -136,9 +145,9 @@ def backtest(
     )
     decisions = result.decisions_frame(0) if result.decisions is not None else pd.DataFrame()
     return BacktestResult(
-        strategy=strategy.name, params=params, panel=panel, result=result, replay=rp, metrics=metrics,
+        strategy=strategy_name, params=params, panel=panel, result=result, replay=rp, metrics=metrics,
         signals=signals, hourly=hourly, trades=trades, orders=result.orders_frame(0), decisions=decisions,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
     )
 
 
