@@ -125,15 +125,16 @@ def _status_server(runner: Any, broker: Any) -> Any:
         except Exception:
             redis_ok = False
         last = runner.last_epoch
-        lag = None if last < 0 else max(0.0, time.time() - (last + 60))
+        wall = getattr(runner, "last_wall", None)
+        lag = None if wall is None else max(0.0, time.time() - wall)  # replay: wall time since the last bar
         s = runner.summary(pd.Timestamp(max(last, 0), unit="s", tz="UTC"))
-        return StatusSnapshot(redis_ok=redis_ok, broker_ok=True, feed_lag_s=None if runner.bars is None else lag,
+        return StatusSnapshot(redis_ok=redis_ok, broker_ok=True, feed_lag_s=lag,
                               portfolio={**s["risk"], "positions": s["positions"], "pnl": s["pnl"],
                                          "tokens": s["tokens"]},
                               info={"mode": runner.params.mode, "strategy": runner.strategy.name,
                                     "bar": s["time"]})
 
-    server = StatusServer(snapshot, metrics, max_feed_lag_s=1e12).start()
+    server = StatusServer(snapshot, metrics, max_feed_lag_s=30.0).start()
     return server, metrics
 
 
@@ -191,6 +192,7 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
                                    "duplicate", "etf_lock", "conflict", "in_position", "session_end"):
                     metrics.suppressed.labels(reason=s["reason"]).inc()
             metrics.decision_latency.observe(m.seconds)
+            runner.last_wall = time.time()
             if view is not None:
                 view.update(m, runner.summary(m.t, m.decisions, m.scores))
 
@@ -211,7 +213,8 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
         orders = broker_orders(broker)
         records = store.decisions()
         rr = live_result(records, orders, runner.symbols, p, init_cash)
-        bt = evaluate("tiered_basket", p, panel, rr)
+        done_panel = panel.slice(None, rr.index[-1] + pd.Timedelta(minutes=1)) if len(rr.index) else panel
+        bt = evaluate("tiered_basket", p, done_panel, rr)
         out_dir = Path(out) / f"live-{mode}-{last}"
         out_dir.mkdir(parents=True, exist_ok=True)
         bt.orders.to_parquet(out_dir / "orders.parquet", index=False)

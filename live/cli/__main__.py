@@ -150,8 +150,10 @@ def cmd_kill(a: argparse.Namespace) -> int:
     from live.runner import kill_switch
 
     store = _store(a)
+    done = kill_switch(store, _broker(a))  # first, while the runner (and a sim it drives) still serves
     store.r.set(store.keys.kill, str(time.time()))
-    done = kill_switch(store, _broker(a))
+    if a.sim_url is None:  # Alpaca: anything a runner placed meanwhile (a sim replay stops on its own)
+        kill_switch(store, _broker(a))
     print(f"kill switch set for account {a.account}: {done['canceled']} orders canceled, "
           f"{done['closed']} positions closed; runners stop after their current bar")
     return 0
