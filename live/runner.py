@@ -198,25 +198,27 @@ class Runner:
 
     def _within_budget(self, r: int, t: pd.Timestamp, before: bytes, score: np.ndarray, ev: np.ndarray,
                        dec: np.ndarray, stats: np.ndarray, oi: np.ndarray, of: np.ndarray) -> tuple:
-        """Take the tokens the step used from the account's shared bucket; on refusal re-run with what is left."""
-        used = [int(stats[K.ST_WANT_A + k] - stats[K.ST_OVER_A + k]) for k in range(3)]
-        fallback = int(stats[K.ST_FALLBACK])
-        used[0] -= fallback
-        used[2] += fallback
-        minute = int(t.value // 60_000_000_000)
-        ok, remaining = self.budget.consume(minute, used)
-        if ok:
-            return dec, stats, oi, of
-        self.state = state_from_bytes(before)
-        pvec = self.pvec.copy()
-        pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
-        dec, stats, oi, of = self._step(r, score, ev, pvec)
-        used = [int(stats[K.ST_WANT_A + k] - stats[K.ST_OVER_A + k]) for k in range(3)]
-        used[0] -= int(stats[K.ST_FALLBACK])
-        used[2] += int(stats[K.ST_FALLBACK])
-        ok2, _ = self.budget.consume(minute, used)
-        log.info("token_budget_shared", time=str(t), wanted=remaining, used=used, ok=ok2, rule="token")
-        return dec, stats, oi, of
+        """Take the tokens the step used from the account's shared bucket; on refusal re-run the step
+        with the kernel's bucket sizes lowered to what the account has left (the arithmetic stays the
+        kernel's). The op id makes a re-decided minute (after a crash) not pay twice.
+        """
+        b = self.bars
+        assert b is not None
+        minute = int(b.close_epoch[r]) // 60  # the kernel's minute: the bar close's
+        op = f"{self.store.keys.prefix}{minute}"
+        for attempt in range(5):
+            used = _tokens_used(stats)
+            ok, remaining = self.budget.consume(minute, used, op_id=op)
+            if ok:
+                if attempt:
+                    log.info("token_budget_shared", time=str(t), used=used, rule="token",
+                             reason="another runner on the account used tokens this minute")
+                return dec, stats, oi, of
+            self.state = state_from_bytes(before)
+            pvec = self.pvec.copy()
+            pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
+            dec, stats, oi, of = self._step(r, score, ev, pvec)
+        raise RuntimeError(f"token budget: no consistent take after 5 attempts at {t}")
 
     def _signals(self, t: pd.Timestamp, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:
         """One entry per decision; order entries carry the intent; a filled entry re-anchors its exits."""
@@ -324,6 +326,13 @@ class Runner:
         if not diffs:
             log.info("reconciled_no_difference", positions=len(positions))
         return diffs
+
+
+def _tokens_used(stats: np.ndarray) -> list[int]:
+    """Tokens a step took per bucket (A, B, Reserve); a Tier A fallback is paid from the Reserve."""
+    used = [int(stats[K.ST_WANT_A + k] - stats[K.ST_OVER_A + k]) for k in range(3)]
+    fb = int(stats[K.ST_FALLBACK])
+    return [used[0] - fb, used[1], used[2] + fb]
 
 
 def _iso(epoch: int) -> str:
