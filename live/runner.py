@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 import redis
@@ -152,7 +153,12 @@ class Runner:
         """The newest score and event rows from the strategy's own prepare on the session window."""
         assert self.bars is not None
         lo = self.bars.window_start(r, self.stock_cols, self.lookback)
-        inp = self.strategy.prepare(self.bars.panel(lo, r), self.events)
+        prev = numba.get_num_threads()
+        numba.set_num_threads(1)  # a window of a few dozen rows: a thread pool costs more than it saves
+        try:
+            inp = self.strategy.prepare(self.bars.panel(lo, r), self.events)
+        finally:
+            numba.set_num_threads(prev)
         return inp.scores[-1].copy(), inp.events[-1].copy()
 
     def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray) -> tuple:
