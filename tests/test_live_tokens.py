@@ -4,6 +4,7 @@ the account has left (its surplus evaluations become `token` decisions)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -31,7 +32,7 @@ def _bars(panel, r: int) -> list[Bar]:
     return out
 
 
-def test_two_runners_on_one_account_share_the_token_budget(redis_url: str) -> None:
+def test_two_runners_on_one_account_share_the_token_budget(redis_url: str, capsys: pytest.CaptureFixture) -> None:
     _, panel, events, p = session("2024-11-05", "default")
     r = redis.Redis.from_url(redis_url)
     root = f"tierlab-test:{uuid.uuid4().hex[:10]}:"
@@ -67,6 +68,17 @@ def test_two_runners_on_one_account_share_the_token_budget(redis_url: str) -> No
         alone = TieredBasketStrategy(p).run(panel.slice(None, panel.index[n - 1] + pd.Timedelta(minutes=1)), [p],
                                             events=events)
         assert alone.extras["token_overflows_b"][0] == 0  # one runner alone fits the budget
+        from live.cli.__main__ import main
+
+        capsys.readouterr()
+        assert main(["status", "--json", "--redis", redis_url, "--root", root, "--account", "shared"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["time"] == panel.index[n - 1].isoformat() and summary["killed"] is False
+        for field in ("current_risk_pct", "max_risk_pct", "risk_status", "remaining_capacity", "daily_loss_limit",
+                      "risk_per_trade", "max_positions", "stop_loss_pct"):
+            assert field in summary["risk"]
+        assert main(["status", "--redis", redis_url, "--root", root, "--account", "shared"]) == 0
+        assert "risk_status=" in capsys.readouterr().out
     finally:
         for k in r.scan_iter(f"{root}*"):
             r.delete(k)
