@@ -47,6 +47,7 @@ from alpaca.trading.requests import (
     StopOrderRequest,
     TakeProfitRequest,
 )
+from pydantic import ValidationError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -102,6 +103,24 @@ def order_phase(status: Any) -> str:
 def is_open_status(status: Any) -> bool:
     """True unless the order can never fill again; an unknown status counts as open (the safe side)."""
     return order_phase(status) != TERMINAL
+
+
+def tolerant_order(d: dict[str, Any]) -> Order:
+    """An alpaca-py Order from Alpaca's JSON even when its status is one alpaca-py does not know.
+
+    Such a status is kept as its text (order_phase() says UNKNOWN, which counts as open) and logged,
+    so a new status Alpaca adds can never make the adapter lose track of an order.
+    """
+    raw = d.get("status")
+    known = _status_value(raw) in ORDER_STATUS_PHASE
+    legs = [tolerant_order(x) for x in d.get("legs") or []] or None
+    o = Order(**{**d, "legs": None, "status": raw if known else "new"})
+    o.__dict__["legs"] = legs
+    if not known:
+        o.__dict__["status"] = raw  # alpaca-py validates assignments; this one is deliberate
+        log.warning("order_status_unknown", ticker=d.get("symbol"), client_order_id=d.get("client_order_id"),
+                    status=raw, reason="kept as open")
+    return o
 
 
 # ---------------------------------------------------------------------- prices
@@ -332,6 +351,13 @@ class AlpacaBroker:
             err = BrokerError(f"{what} {_ctx(ctx)}: {type(e).__name__} talking to the broker", retryable=True)
             err.outcome_unknown = not _never_sent(e)  # type: ignore[attr-defined]
             raise err from None
+        except ValidationError as e:  # an answer alpaca-py cannot read (e.g. an order status it does not know)
+            first = e.errors()[0] if e.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            err = BrokerError(f"{what} {_ctx(ctx)}: answer not understood ({where}: {first.get('input')!r})",
+                              retryable=False)
+            err.unparsed = True  # type: ignore[attr-defined]
+            raise err from None
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **ctx: Any) -> T:
         retrying = Retrying(
@@ -384,11 +410,11 @@ class AlpacaBroker:
             except BrokerError as e:
                 last = e
                 if e.status in (409, 422) and "client_order_id" in str(e) and "unique" in str(e):
-                    order = self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+                    order = self._order_by_cid(cid, ctx)
                     log.info("order_already_placed", status=_status_value(order.status),
                              reason="duplicate_client_order_id", **ctx)
                     return order
-                if getattr(e, "outcome_unknown", False):
+                if getattr(e, "outcome_unknown", False) or getattr(e, "unparsed", False):
                     maybe_sent = True
                     found = self._find(cid, ctx, after=str(e))
                     if found is not None:
@@ -428,7 +454,7 @@ class AlpacaBroker:
     def _find(self, cid: str, ctx: dict[str, Any], *, after: str) -> Order | None:
         """The order with this client_order_id, None when the broker has none; OutcomeUnknown when it cannot say."""
         try:
-            return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+            return self._order_by_cid(cid, ctx)
         except BrokerError as e:
             if e.status == 404:
                 return None
@@ -468,8 +494,18 @@ class AlpacaBroker:
         return qty, max(0.0, min(qty, free))
 
     def order_by_client_id(self, cid: str) -> Order:
-        """Look an order up by its client_order_id."""
-        return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, client_order_id=cid)
+        """Look an order up by its client_order_id (an order in a status alpaca-py does not know is still returned)."""
+        return self._order_by_cid(cid, {"client_order_id": cid})
+
+    def _order_by_cid(self, cid: str, ctx: dict[str, Any]) -> Order:
+        try:
+            return self._call("get_order_by_client_id", self.client.get_order_by_client_id, cid, **ctx)
+        except BrokerError as e:
+            if not getattr(e, "unparsed", False):
+                raise
+        raw = self._call("get_order_by_client_id", self.client.get, "/orders:by_client_order_id",
+                         {"client_order_id": cid}, **ctx)
+        return tolerant_order(raw)
 
     def cancel(self, order_id: str) -> None:
         """Cancel one open order."""
@@ -488,6 +524,22 @@ class AlpacaBroker:
                 if str(o.id) not in known]
         return nested + flat
 
+    def _working_orders(self, symbols: list[str] | None, since: datetime | None = None) -> list[Order]:
+        """open_orders() plus open legs of recent brackets that neither open listing shows.
+
+        Alpaca has listed the `held` stop of a filled bracket as closed; the parents submitted since
+        `since` (default: the last day) are read with their legs nested to find it.
+        """
+        orders = self.open_orders(symbols=symbols)
+        seen = {str(x.id) for o in orders for x in [o, *(o.legs or [])]}
+        lookback = since or datetime.fromtimestamp(self._now(), tz=UTC) - timedelta(days=1)
+        for o in self._all_orders(QueryOrderStatus.ALL, nested=True, after=lookback, symbols=symbols):
+            for x in o.legs or []:
+                if str(x.id) not in seen and is_open_status(x.status):
+                    seen.add(str(x.id))
+                    orders.append(x)
+        return orders
+
     def _all_orders(self, status: QueryOrderStatus, *, nested: bool = True, symbols: list[str] | None = None,
                     after: datetime | None = None) -> list[Order]:
         """Every page of GET /v2/orders, newest first, walking `until` back (ties at a page edge re-read, deduplicated)."""
@@ -497,7 +549,15 @@ class AlpacaBroker:
         def page_of(limit: int, after_: datetime | None, until_: datetime | None) -> list[Order]:
             req = GetOrdersRequest(status=status, nested=nested, limit=limit, direction=Sort.DESC,
                                    until=until_, after=after_, symbols=symbols)
-            page = self._call("get_orders", self.client.get_orders, req)
+            try:
+                page = self._call("get_orders", self.client.get_orders, req)
+            except BrokerError as e:
+                if not getattr(e, "unparsed", False):
+                    raise
+                params = req.to_request_fields()
+                if isinstance(params.get("symbols"), list):
+                    params["symbols"] = ",".join(params["symbols"])
+                page = [tolerant_order(d) for d in self._call("get_orders", self.client.get, "/orders", params)]
             seen.update((str(o.id), o) for o in page if str(o.id) not in seen)
             return page
 
@@ -551,12 +611,14 @@ class AlpacaBroker:
         ctx = {"ticker": sym, "client_order_id": cid}
         if intent.side != "sell":
             raise ConfigError(f"exit_position takes a sell intent, got {intent.side!r} ({sym})")
+        if not (poll_s > 0 and wait_s >= 0):
+            raise ConfigError(f"exit_position needs poll_s > 0 and wait_s >= 0, got {poll_s!r}, {wait_s!r}")
         found = self._find(cid, ctx, after="exit lookup")
         if found is not None:
             log.info("order_already_placed", status=_status_value(found.status), reason="exit_already_sent", **ctx)
             return found
         for _ in range(max(1, int(wait_s / poll_s)) + 1):
-            working = [o for o in self.open_orders(symbols=[sym]) if o.symbol == sym]
+            working = [o for o in self._working_orders([sym]) if o.symbol == sym]
             targets = [x for o in working for x in _cancel_targets(o)]
             if not targets:
                 break
@@ -648,15 +710,7 @@ class AlpacaBroker:
 
     def reconcile(self, since: datetime | None = None) -> Reconciliation:
         """The broker's book: open orders with legs (every page), positions, account, fills since `since`."""
-        orders = self.open_orders()
-        seen = {str(x.id) for o in orders for x in [o, *(o.legs or [])]}
-        # legs of a filled bracket that neither open listing shows (Alpaca has listed a `held` stop as closed)
-        lookback = since or datetime.fromtimestamp(self._now(), tz=UTC) - timedelta(days=1)
-        for o in self._all_orders(QueryOrderStatus.ALL, nested=True, after=lookback):
-            for x in o.legs or []:
-                if str(x.id) not in seen and is_open_status(x.status):
-                    seen.add(str(x.id))
-                    orders.append(x)
+        orders = self._working_orders(None, since)
         pos = self.positions()
         snap = self.account_snapshot()
         rec = Reconciliation(positions={p.symbol: float(p.qty) for p in pos}, cash=snap.cash, equity=snap.equity,

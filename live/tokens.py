@@ -10,6 +10,7 @@ nothing, for a runner that measured what its kernel step spent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import redis
@@ -104,6 +105,9 @@ class RedisTokenBucket:
         """Take one token for one evaluation, exactly as take_token_nb: TAKE_OK, TAKE_FALLBACK or TAKE_FAILED."""
         if tier not in (0, 1, 2):
             raise ConfigError(f"tier must be 0 (A), 1 (B) or 2 (Bench), got {tier!r}")
+        if not (math.isfinite(second_of_minute) and math.isfinite(fallback_window_s)):
+            raise ConfigError(f"second_of_minute and fallback_window_s must be finite, got {second_of_minute!r}, "
+                              f"{fallback_window_s!r}")
         args = [*self._argv(), int(tier), repr(float(second_of_minute)), 1 if fallback else 0,
                 repr(float(fallback_window_s))]
         return int(self._take(keys=[self.key(minute_epoch)], args=args))

@@ -298,6 +298,37 @@ def test_every_alpaca_status_is_understood(stub_factory, status: str) -> None:
     assert (rec.take_profits.get("BBB") == 12.0) == (EXPECTED_PHASE[status] != TERMINAL)
 
 
+def test_an_order_in_a_status_alpaca_py_does_not_know_is_kept_as_open(stub_factory) -> None:
+    book: dict[str, dict[str, Any]] = {}
+    leg = order_json("leg-1", side="sell", type_="stop", stop=9.5, status="brand_new_status", order_class="bracket")
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        if method == "POST" and path == "/v2/orders":
+            book[body["client_order_id"]] = o = order_json(body["client_order_id"], status="brand_new_status")
+            return 200, o
+        if path == "/v2/orders:by_client_order_id":
+            o = book.get(q["client_order_id"])
+            return (200, o) if o else NOT_FOUND
+        if path == "/v2/orders":
+            parent = order_json("tl-parent", status="brand_new_status", order_class="bracket", legs=[leg])
+            return 200, [parent] if q.get("status") == "open" else []
+        if path == "/v2/positions":
+            return 200, []
+        if path == "/v2/account":
+            return 200, account_json()
+        return NOT_FOUND
+
+    stub = stub_factory(routes)
+    broker = _stub_broker(stub)
+    order = broker.submit(_intent(12))  # the answer cannot be read by alpaca-py: it is placed all the same
+    assert order.client_order_id == _intent(12).client_order_id and order.status == "brand_new_status"
+    assert order_phase(order.status) == UNKNOWN and is_open_status(order.status)
+    assert len(stub.calls("POST")) == 1
+    rec = broker.reconcile()
+    assert "tl-parent" in rec.open_orders and rec.stops == {"AAA": 9.5}
+    assert rec.open_orders["tl-parent"].legs[0].status == "brand_new_status"
+
+
 def test_a_status_nobody_knows_counts_as_open() -> None:
     assert order_phase("brand_new_status") == UNKNOWN
     assert order_phase(None) == UNKNOWN
@@ -450,6 +481,41 @@ def test_shares_promised_to_bracket_legs_are_not_sold_twice_and_exit_frees_them(
     # a restart replays the exit decision: the exit already sent is returned, nothing new is placed
     assert str(broker.exit_position(_intent(42, side="sell", qty=1, intent="exit")).id) == str(out.id)
     assert broker.exit_position(_intent(43, side="sell", qty=1, intent="exit")) is None  # nothing held
+
+
+def test_exit_finds_a_held_stop_that_the_open_listing_hides(stub_factory) -> None:
+    tp = order_json("leg-tp", side="sell", qty=3, type_="limit", limit=11.0, status="new", order_class="bracket")
+    sl = order_json("leg-sl", side="sell", qty=3, type_="stop", stop=9.0, status="held", order_class="bracket")
+    parent = order_json("tl-entry", qty=3, status="filled", order_class="bracket", legs=[tp, sl], filled_qty=3,
+                        price=10.0)
+    sells: list[dict[str, Any]] = []
+
+    def routes(method: str, path: str, q: dict[str, str], body: Any) -> Any:
+        legs_open = [x for x in (tp, sl) if x["status"] in ("new", "held")]
+        if method == "DELETE" and path.startswith("/v2/orders/"):
+            leg = next(x for x in (tp, sl) if path.endswith(x["id"]))
+            leg["status"] = "canceled"  # worst case: no OCO cascade, each leg must be canceled
+            return 204, None
+        if method == "GET" and path == "/v2/orders":
+            if q.get("status") == "open":  # Alpaca's nested listing drops the filled parent; flat hides `held`
+                return 200, [] if q.get("nested") == "True" else [x for x in legs_open if x["status"] == "new"]
+            return 200, [parent]
+        if path == "/v2/positions/AAA":
+            free = 0 if legs_open else 3
+            return 200, {"asset_id": tp["asset_id"], "symbol": "AAA", "exchange": "NASDAQ",
+                         "asset_class": "us_equity", "avg_entry_price": "10", "qty": "3", "side": "long",
+                         "market_value": "30", "cost_basis": "30", "unrealized_pl": "0", "unrealized_plpc": "0",
+                         "unrealized_intraday_pl": "0", "unrealized_intraday_plpc": "0", "current_price": "10",
+                         "lastday_price": "10", "change_today": "0", "qty_available": str(free)}
+        if method == "POST" and path == "/v2/orders":
+            sells.append(body)
+            return 200, order_json(body["client_order_id"], side="sell", qty=body["qty"], status="accepted")
+        return NOT_FOUND
+
+    stub = stub_factory(routes)
+    out = _stub_broker(stub).exit_position(_intent(44, side="sell", qty=1, intent="exit"), poll_s=0.01)
+    assert (tp["status"], sl["status"]) == ("canceled", "canceled")
+    assert len(sells) == 1 and float(sells[0]["qty"]) == 3 and out is not None
 
 
 def test_size_from_equity_not_buying_power(stub_factory) -> None:

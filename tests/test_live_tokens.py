@@ -1,84 +1,200 @@
-"""Two runners on one account share one token budget (SPEC §2): between them they never take more
-than Tier A 6 / Tier B 3 / Reserve 1 per minute, and the second runner's step is re-run with what
-the account has left (its surplus evaluations become `token` decisions)."""
+"""live.tokens.RedisTokenBucket on a real Redis: the Lua script is take_token_nb, and processes share it."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import redis
-from live_helpers import session
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from live.feeds import Bar
-from live.runner import Runner
-from live.state import Keys, RedisState
-from live.tokens import RedisTokenBucket
-from strategies import kernel as K
-from strategies.tiered_basket import TieredBasketStrategy
+from live.tokens import TAKE_FAILED, TAKE_FALLBACK, TAKE_OK, RedisTokenBucket
+from strategies.rules.tokens import refill_nb, take_token_nb
+from tierlab.errors import ConfigError
 
 pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parents[1]
+MINUTE = 29_000_000  # any minute epoch: keys are namespaced by the test's own prefix
 
 
-def _bars(panel, r: int) -> list[Bar]:
-    out = []
-    for j, s in enumerate(panel.symbols):
-        if not np.isnan(panel.close[r, j]):
-            out.append(Bar(s, panel.index[r], panel.open[r, j], panel.high[r, j], panel.low[r, j],
-                           panel.close[r, j], panel.volume[r, j]))
-    return out
-
-
-def test_two_runners_on_one_account_share_the_token_budget(redis_url: str, capsys: pytest.CaptureFixture) -> None:
-    _, panel, events, p = session("2024-11-05", "default")
+@pytest.fixture
+def client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
+    """A client on the shared Redis; deletes this test's keys (and only them) afterwards."""
     r = redis.Redis.from_url(redis_url)
-    root = f"tierlab-test:{uuid.uuid4().hex[:10]}:"
-    runners = []
-    for mode in ("default", "relaxed"):
-        from strategies.params import Params
+    yield r
+    keys = list(r.scan_iter(match=f"{redis_prefix}*", count=1000))
+    if keys:
+        r.delete(*keys)
+    r.close()
 
-        q = Params.preset(mode)
-        store = RedisState(r, Keys.of("shared", "tiered_basket", mode, root=root))
-        budget = RedisTokenBucket(r, store.keys.tokens, q.tokens_a, q.tokens_b, q.tokens_reserve)
-        run = Runner(TieredBasketStrategy(q), store, None, events=events, budget=budget)
-        run.open_session(panel.index[0].tz_convert("America/New_York").date())
-        runners.append(run)
+
+_take = st.tuples(
+    st.just("take"),
+    st.sampled_from([0, 1, 2]),
+    # None = exactly the fallback window (the boundary second is outside it)
+    st.one_of(st.none(), st.sampled_from([0.0, 9.999, 10.0, 10.0001, 59.0]), st.floats(0.0, 59.999)),
+    st.booleans(),
+)
+_minute = st.tuples(st.just("minute"), st.sampled_from([0, 1, 1, 2, -1]), st.just(0.0), st.just(False))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    caps=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2)),
+    window=st.sampled_from([0.0, 10.0, 10.5, 30.0]),
+    ops=st.lists(st.one_of(_take, _take, _take, _minute), min_size=1, max_size=50),
+)
+def test_lua_take_agrees_with_take_token_nb_step_by_step(client, redis_prefix, caps, window, ops) -> None:
+    prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
+    bucket = RedisTokenBucket(client, prefix, *caps)
+    minute = MINUTE
+    kernel: dict[int, np.ndarray] = {}  # minute -> the kernel's arrays (a minute seen again keeps its count)
+
+    def tokens(m: int) -> np.ndarray:
+        if m not in kernel:
+            kernel[m] = np.zeros(3, dtype=np.int64)
+            refill_nb(kernel[m], *caps)
+        return kernel[m]
+
+    for step, (kind, tier, second, fallback) in enumerate(ops):
+        if kind == "minute":
+            minute += tier
+            continue
+        second = window if second is None else second
+        want = take_token_nb(tokens(minute), tier, second, fallback, window)
+        got = bucket.take(minute, tier, second, fallback, window)
+        assert got == want, f"step {step}: tier {tier} second {second} fallback {fallback} -> lua {got}, nb {want}"
+        assert bucket.remaining(minute) == tokens(minute).tolist()
+
+
+def test_fallback_window_and_bench_as_spec_says(client, redis_prefix) -> None:
+    b = RedisTokenBucket(client, redis_prefix, 1, 1, 1)
+    assert b.take(MINUTE, 0, 3.0, True, 10.0) == TAKE_OK
+    assert b.take(MINUTE, 0, 10.0, True, 10.0) == TAKE_FAILED  # second 10 is outside [0, 10)
+    assert b.take(MINUTE, 0, 9.5, False, 10.0) == TAKE_FAILED  # default mode never borrows
+    assert b.take(MINUTE, 0, 9.5, True, 10.0) == TAKE_FALLBACK
+    assert b.take(MINUTE, 2, 1.0, True, 10.0) == TAKE_FAILED  # Bench found the Reserve already borrowed
+    assert b.take(MINUTE + 1, 2, 1.0, False, 10.0) == TAKE_OK  # a new minute starts full
+    assert b.remaining(MINUTE) == [0, 1, 0] and b.remaining(MINUTE + 1) == [1, 1, 0]
+    assert b.remaining(MINUTE + 2) == [1, 1, 1]
+    ttl = client.ttl(b.key(MINUTE))
+    assert 60 <= ttl <= 180  # a minute key expires by itself
+
+
+def test_consume_is_all_or_nothing_and_idempotent_by_op_id(client, redis_prefix) -> None:
+    b = RedisTokenBucket(client, redis_prefix, 6, 3, 1)
+    assert b.consume(MINUTE, [2, 3, 0]) == (True, [4, 0, 1])
+    # Tier B is empty: nothing is taken, not even the A and Reserve tokens that are there
+    assert b.consume(MINUTE, [1, 1, 1]) == (False, [4, 0, 1])
+    assert b.remaining(MINUTE) == [4, 0, 1]
+    assert b.consume(MINUTE, [4, 0, 1], op_id="bar-1") == (True, [0, 0, 0])
+    assert b.consume(MINUTE, [4, 0, 1], op_id="bar-1") == (True, [0, 0, 0])  # a retry is not taken twice
+    assert b.consume(MINUTE, [0, 0, 0]) == (True, [0, 0, 0])
+    assert b.consume(MINUTE + 1, [6, 3, 1]) == (True, [0, 0, 0])
+    with pytest.raises(ConfigError, match="three whole numbers"):
+        b.consume(MINUTE, [1, -1, 0])
+    with pytest.raises(ConfigError, match="tier"):
+        b.take(MINUTE, 3, 0.0, False, 10.0)
+    with pytest.raises(ConfigError, match="finite"):
+        b.take(MINUTE, 0, float("nan"), True, 10.0)
+
+
+_WORKER = textwrap.dedent("""
+    import json, random, sys, time
+    import redis
+    from live.tokens import RedisTokenBucket, TAKE_OK, TAKE_FALLBACK
+    url, prefix, go, seed = sys.argv[1:5]
+    r = redis.Redis.from_url(url)
+    b = RedisTokenBucket(r, prefix, 6, 3, 1)
+    rng = random.Random(int(seed))
+    while not r.exists(go):
+        time.sleep(0.001)
+    got = {}
+    for i in range(1500):
+        minute = 29_000_000 + i % 5
+        g = got.setdefault(minute, [0, 0, 0])
+        if rng.random() < 0.3:
+            counts = [rng.randint(0, 2), rng.randint(0, 1), rng.randint(0, 1)]
+            ok, _ = b.consume(minute, counts)
+            if ok:
+                g = [x + c for x, c in zip(g, counts)]
+                got[minute] = g
+            continue
+        tier = rng.randint(0, 2)
+        res = b.take(minute, tier, rng.uniform(0, 20), True, 10.0)
+        if res == TAKE_OK:
+            g[tier] += 1
+        elif res == TAKE_FALLBACK:
+            g[2] += 1
+    print(json.dumps(got))
+""")
+
+
+def test_two_processes_never_exceed_the_minute_budget_between_them(client, redis_url, redis_prefix) -> None:
+    go = f"{redis_prefix}go"
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, redis_prefix, go, str(seed)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (1, 2)]
+    client.set(go, 1)
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append({int(k): v for k, v in json.loads(out).items()})
+    bucket = RedisTokenBucket(client, redis_prefix, 6, 3, 1)
+    for minute in range(MINUTE, MINUTE + 5):
+        granted = [outs[0][minute][k] + outs[1][minute][k] for k in range(3)]
+        # 600 wants per minute for 10 tokens: every token is granted once, none twice
+        assert granted == [6, 3, 1], (minute, outs[0][minute], outs[1][minute])
+        assert bucket.remaining(minute) == [0, 0, 0]
+
+
+def _private_redis(tmp: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            if r.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("private redis-server did not start")
+
+
+def test_a_redis_restart_keeps_the_minute_and_reloads_the_scripts(tmp_path) -> None:
+    if shutil.which("redis-server") is None:  # CI installs it: there a missing server is a failure
+        (pytest.fail if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else pytest.skip)(
+            "redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _private_redis(tmp_path, port)
     try:
-        n = 45
-        for row in range(n):
-            for run in runners:
-                run.add(_bars(panel, row))
-                run.decide_through(panel.index[row])
-        recs = [run.store.decisions() for run in runners]
-        caps = np.array([p.tokens_a, p.tokens_b, p.tokens_reserve])
-        overflow_b = 0
-        for row in range(n):
-            used = np.zeros(3)
-            for k in range(2):
-                st = np.asarray(recs[k][row]["stats"])
-                fb = st[K.ST_FALLBACK]
-                got = st[K.ST_WANT_A:K.ST_WANT_R + 1] - st[K.ST_OVER_A:K.ST_OVER_R + 1]
-                used += got + np.array([-fb, 0, fb])
-            assert (used <= caps).all(), f"minute {panel.index[row]}: {used} > {caps}"
-            overflow_b += sum(np.asarray(recs[k][row]["stats"])[K.ST_OVER_B] for k in range(2))
-        assert overflow_b > 0, "with 3 Tier B tickers per runner the shared B bucket must overflow"
-        alone = TieredBasketStrategy(p).run(panel.slice(None, panel.index[n - 1] + pd.Timedelta(minutes=1)), [p],
-                                            events=events)
-        assert alone.extras["token_overflows_b"][0] == 0  # one runner alone fits the budget
-        from live.cli.__main__ import main
-
-        capsys.readouterr()
-        assert main(["status", "--json", "--redis", redis_url, "--root", root, "--account", "shared"]) == 0
-        summary = json.loads(capsys.readouterr().out)
-        assert summary["time"] == panel.index[n - 1].isoformat() and summary["killed"] is False
-        for field in ("current_risk_pct", "max_risk_pct", "risk_status", "remaining_capacity", "daily_loss_limit",
-                      "risk_per_trade", "max_positions", "stop_loss_pct"):
-            assert field in summary["risk"]
-        assert main(["status", "--redis", redis_url, "--root", root, "--account", "shared"]) == 0
-        assert "risk_status=" in capsys.readouterr().out
+        client = redis.Redis(port=port)
+        b = RedisTokenBucket(client, "acct:strat:", 6, 3, 1)
+        assert b.consume(MINUTE, [5, 3, 0]) == (True, [1, 0, 1])
+        proc.terminate()
+        proc.wait(10)
+        proc = _private_redis(tmp_path, port)  # same data dir: the append-only file brings the minute back
+        # the server forgot the scripts; redis-py loads them again on NOSCRIPT
+        assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_OK
+        assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_FAILED  # 6 A tokens in this minute, not 6 more
+        assert b.remaining(MINUTE) == [0, 0, 1]
     finally:
-        for k in r.scan_iter(f"{root}*"):
-            r.delete(k)
+        proc.terminate()
+        proc.wait(10)
