@@ -8,7 +8,7 @@ MODES  ?=
 TRIALS ?= 30
 ARGS   ?=
 
-.PHONY: setup test lint backtest sample tune compare bench clean
+.PHONY: setup test lint backtest sample tune compare bench clean live-paper
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ tune: setup
 
 compare: setup
 	$(PY) -m research.compare $(if $(MODES),--modes $(MODES)) $(ARGS)
+
+# Alpaca paper with ALPACA_API_KEY/ALPACA_SECRET_KEY; else the latest sample session through live.sim
+live-paper: setup
+	AUTO_MODE=1 $(PY) -m tierlab.live_paper $(if $(MODE),--mode $(MODE)) $(ARGS)
 
 bench: setup
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

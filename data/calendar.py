@@ -105,11 +105,44 @@ def off_session(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def session_info(index: pd.DatetimeIndex) -> SessionInfo:
-    """Session facts for each bar of a session grid: day ordinal, minutes to close, close epoch, half day."""
+    """Session facts for each bar of a session grid: day ordinal, minutes to close, close epoch, half day.
+
+    An index inside one session's grid (the live runner's window, every bar) is read from that
+    session's facts computed once; anything else is computed from the schedule.
+    """
     index = pd.DatetimeIndex(index).as_unit("ns")
     if len(index) == 0:
         z = np.zeros(0, dtype=np.int64)
         return SessionInfo(z, z.copy(), z.copy(), np.zeros(0, dtype=bool))
+    a = index.asi8
+    whole = _one_session(int(a[0]), int(a[-1]))
+    if whole is not None:
+        start, info = whole
+        off = (a - start) // _NS_PER_MIN
+        if ((a - start) % _NS_PER_MIN == 0).all():
+            return SessionInfo(*(x[off] for x in info))
+    return _session_info(index)
+
+
+@lru_cache(maxsize=8)
+def _grid_info(first_ns: int) -> tuple[int, int, SessionInfo]:
+    day = pd.Timestamp(first_ns, tz="UTC").tz_convert(NEW_YORK).date()
+    grid = _minutes(day, day)
+    if len(grid) == 0:
+        return 0, -1, SessionInfo(*(np.zeros(0, dtype=np.int64),) * 3, np.zeros(0, dtype=bool))
+    return int(grid.asi8[0]), int(grid.asi8[-1]), _session_info(grid)
+
+
+def _one_session(first_ns: int, last_ns: int) -> tuple[int, SessionInfo] | None:
+    """(grid start, facts) of the session whose grid holds both ends, or None."""
+    day_key = first_ns - (first_ns % (86_400 * 1_000_000_000))  # UTC midnight: a session never spans one
+    start, end, info = _grid_info(day_key + 12 * 3_600 * 1_000_000_000)
+    if end < 0 or not (start <= first_ns <= last_ns <= end):
+        return None
+    return start, info
+
+
+def _session_info(index: pd.DatetimeIndex) -> SessionInfo:
     days = ny_days(index)
     uniq, inv = np.unique(days, return_inverse=True)
     sched = calendar().schedule.loc[pd.DatetimeIndex(uniq)]

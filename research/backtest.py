@@ -132,12 +132,7 @@ def backtest(
     rules' own equity, equal to the replay's to the cent, and so starts without vectorbt).
     `risk_free` is an annual rate for Sharpe and Sortino.
     """
-    import numpy as np
-    import pandas as pd
     from tqdm.auto import tqdm
-
-    from research import kpis
-    from research.portfolio import replay
 
     t0 = time.perf_counter()
     params = strategy.params if params is None else params
@@ -145,20 +140,36 @@ def backtest(
     with bar:
         result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
         bar.update()
-        bar.set_description("portfolio")
-        panel = _align(panel, result)
-        rp = replay(result, panel.close) if vectorbt else None
-        bar.update()
-        bar.set_description("KPIs")
-        trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
-        metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades,
-                               risk_free=risk_free).iloc[0].to_dict()
-        for key in ("n_trades", "n_orders", "n_sessions"):
-            metrics[key] = int(metrics[key])
-        metrics["slippage_cost"] = kpis.slippage_cost(result, panel.open, 0)
-        signals = kpis.signal_kpis(result, trades, 0)
-        hourly = kpis.hourly_kpis(result, trades, 0)
-        bar.update()
+        bar.set_description("portfolio + KPIs")
+        bt = evaluate(strategy.name, params, panel, result, risk_free=risk_free, vectorbt=vectorbt)
+        bar.update(2)
+    bt.seconds = time.perf_counter() - t0
+    return bt
+
+
+def evaluate(strategy_name: str, params: Any, panel: Panel, result: RunResult, seconds: float = 0.0, *,
+             risk_free: float = 0.0, vectorbt: bool = True) -> BacktestResult:
+    """Compute every KPI and tidy frame of a one-set RunResult (and, with `vectorbt`, its replay).
+
+    The backtest calls it on `strategy.run`'s result; the live runner's report on a RunResult built
+    from the broker's fills and the runner's decisions, so both read the same way.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from research import kpis
+    from research.portfolio import replay
+
+    panel = _align(panel, result)
+    rp = replay(result, panel.close) if vectorbt else None
+    trades = kpis.round_trips(result, panel.low, panel.high, panel.close)
+    metrics = kpis.metrics(result, panel.low, panel.high, panel.close, trades=trades,
+                           risk_free=risk_free).iloc[0].to_dict()
+    for key in ("n_trades", "n_orders", "n_sessions"):
+        metrics[key] = int(metrics[key])
+    metrics["slippage_cost"] = kpis.slippage_cost(result, panel.open, 0)
+    signals = kpis.signal_kpis(result, trades, 0)
+    hourly = kpis.hourly_kpis(result, trades, 0)
     sym = np.asarray(result.symbols, dtype=object)
     trades = trades.assign(
         symbol=sym[trades["col"]],
@@ -168,9 +179,9 @@ def backtest(
     )
     decisions = result.decisions_frame(0) if result.decisions is not None else pd.DataFrame()
     return BacktestResult(
-        strategy=strategy.name, params=params, panel=panel, result=result, metrics=metrics,
+        strategy=strategy_name, params=params, panel=panel, result=result, metrics=metrics,
         signals=signals, hourly=hourly, trades=trades, orders=result.orders_frame(0), decisions=decisions,
-        seconds=time.perf_counter() - t0, risk_free=risk_free, _replay=rp,
+        seconds=seconds, risk_free=risk_free, _replay=rp,
     )
 
 

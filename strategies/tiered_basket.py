@@ -176,6 +176,16 @@ class TieredBasketStrategy(Strategy):
         return score_nb(panel.open, panel.high, panel.low, panel.close, panel.volume, day, p.mom_window,
                         p.vol_window, p.vwap_window, p.w_mom, p.w_vwap, p.score_gain)
 
+    def score_lookback(self, params: Params | None = None) -> int:
+        """Real bars per symbol (this one included) that fix the newest score and volume-spike row.
+
+        The live runner scores a window of the session holding this many bars of every stock and
+        reads its last row; the windows of `score_nb`/`volume_spikes_nb` restart each session, so
+        the row equals the one of the vectorized score bit for bit.
+        """
+        p = params or self.params
+        return max(p.mom_window, p.vol_window, p.vwap_window) + 1
+
     # ---- the history driver -------------------------------------------------------------------
     def run(
         self,

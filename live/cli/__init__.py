@@ -1,0 +1,1 @@
+"""`python -m live ...`: run, executor, kill, status (thin: parsing and wiring only)."""

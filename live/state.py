@@ -1,0 +1,166 @@
+"""Rule state in Redis: the kernel state after every bar, written atomically with that bar's signals.
+
+Keys live under `<root><account>:<strategy>:<mode>:` so runners on other accounts, strategies or
+modes never collide: `state` (the exact npz bytes of the kernel state), `bar` (epoch seconds of
+the last decided bar start), `decisions` (one stream entry per bar: codes, scores, kernel fills),
+`signals.raw` (one entry per decision, SPEC §9) and `status` (a hash for `python -m live status`).
+One Lua script checks that the bar is newer than the last decided one and writes all of them, so a
+crash can never leave a state without its signals, and a bar already decided is never decided again.
+The kill switch is per account: `<root><account>:kill`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tierlab.errors import ConfigError
+
+SIGNALS = "signals.raw"
+GROUP = "executor"
+
+_COMMIT = """
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if last >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'bar', ARGV[1], 'rec', ARGV[3])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('XADD', KEYS[4], '*', unpack(cjson.decode(ARGV[4 + i])))
+end
+redis.call('HSET', KEYS[5], 'bar', ARGV[1], 'summary', ARGV[5 + n])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The Redis keys of one (account, strategy, mode)."""
+
+    prefix: str
+    account_prefix: str
+
+    @classmethod
+    def of(cls, account: str, strategy: str, mode: str, root: str = "tierlab:") -> Keys:
+        """Keys under `<root><account>:<strategy>:<mode>:`."""
+        for name, v in (("account", account), ("strategy", strategy), ("mode", mode)):
+            if not v or any(c in v for c in ": \n"):
+                raise ConfigError(f"{name} must be a non-empty word without ':' or spaces, got {v!r}")
+        return cls(f"{root}{account}:{strategy}:{mode}:", f"{root}{account}:")
+
+    @property
+    def state(self) -> str:
+        """Kernel state bytes."""
+        return self.prefix + "state"
+
+    @property
+    def bar(self) -> str:
+        """Epoch seconds of the last decided bar start."""
+        return self.prefix + "bar"
+
+    @property
+    def decisions(self) -> str:
+        """Stream: one entry per decided bar."""
+        return self.prefix + "decisions"
+
+    @property
+    def signals(self) -> str:
+        """Stream `signals.raw`: one entry per decision."""
+        return self.prefix + SIGNALS
+
+    @property
+    def status(self) -> str:
+        """Hash: last bar and the summary shown by `python -m live status`."""
+        return self.prefix + "status"
+
+    @property
+    def sent(self) -> str:
+        """Stream: what the executor did with each order signal (for reports and status)."""
+        return self.prefix + "orders.sent"
+
+    @property
+    def kill(self) -> str:
+        """The account's kill switch (any value stops every runner on the account)."""
+        return self.account_prefix + "kill"
+
+    @property
+    def tokens(self) -> str:
+        """Prefix of the account's shared token buckets."""
+        return self.account_prefix + "tokens:"
+
+
+class RedisState:
+    """Load and commit the runner's state through one atomic Lua script."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+        self._commit = client.register_script(_COMMIT)
+
+    def load(self) -> tuple[bytes | None, int]:
+        """(state bytes or None, last decided bar start in epoch seconds or -1)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.keys.state)
+        pipe.get(self.keys.bar)
+        blob, bar = pipe.execute()
+        return blob, int(bar) if bar is not None else -1
+
+    def commit(self, bar_epoch: int, state_blob: bytes, record: dict[str, Any],
+               signals: Sequence[dict[str, Any]], summary: dict[str, Any]) -> bool:
+        """Write state, bar, decision record, signals and status at once; False when the bar was already decided."""
+        args: list[Any] = [bar_epoch, state_blob, json.dumps(record), len(signals)]
+        for s in signals:
+            flat: list[str] = []
+            for k, v in s.items():
+                flat += [k, "" if v is None else str(v)]
+            args.append(json.dumps(flat))
+        args.append(json.dumps(summary, default=str))
+        k = self.keys
+        return bool(self._commit(keys=[k.state, k.bar, k.decisions, k.signals, k.status], args=args))
+
+    def ensure_group(self) -> None:
+        """Create the executor's consumer group on `signals.raw` (from the stream's start) if missing."""
+        try:
+            self.r.xgroup_create(self.keys.signals, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def executor_idle(self) -> bool:
+        """True when the executor has read and acknowledged every signal (nothing lagging or pending)."""
+        def sid(x: Any) -> tuple[int, int]:
+            a, b = (x.decode() if isinstance(x, bytes) else str(x)).split("-")
+            return int(a), int(b)
+
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xinfo_groups(self.keys.signals)
+        pipe.xinfo_stream(self.keys.signals)
+        groups, stream = pipe.execute()
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == GROUP:  # `lag` is unknown after a restart: compare ids instead
+                return int(g.get("pending", 0)) == 0 and sid(g["last-delivered-id"]) >= sid(
+                    stream["last-generated-id"])
+        return False
+
+    def killed(self) -> bool:
+        """True when the account's kill switch is set."""
+        return bool(self.r.exists(self.keys.kill))
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Every decided bar's record, oldest first."""
+        return [json.loads(f[b"rec"]) for _, f in self.r.xrange(self.keys.decisions)]
+
+    def signals(self) -> list[dict[str, str]]:
+        """Every signal entry, oldest first (field names and values as text)."""
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in self.r.xrange(self.keys.signals)]
+
+    def delete_all(self) -> None:
+        """Remove this (account, strategy, mode)'s keys (tests and fresh replays only)."""
+        k = self.keys
+        self.r.delete(k.state, k.bar, k.decisions, k.signals, k.status, k.sent)

