@@ -22,6 +22,7 @@ import pandas as pd
 
 from data.bars import Panel
 from data.calendar import session_info, session_minutes
+from strategies.tiered_basket import ny_minute_of_day
 from tierlab.errors import ConfigError, DataError
 from tierlab.log import get_logger
 
@@ -61,6 +62,8 @@ class SessionBars:
         self.close_epoch = np.ascontiguousarray(info.close_epoch)
         self.day_ord = np.ascontiguousarray(info.day)
         self.mtc = np.ascontiguousarray(info.minutes_to_close)
+        self.open_epoch = self.index.as_unit("s").asi8.astype(np.int64)
+        self.ny_minute = ny_minute_of_day(self.close_epoch)  # the session rules' decision clock
         self._start_epoch = int(self.index[0].value // 1_000_000_000)
         shape = (len(self.index), len(self.symbols))
         self.open, self.high, self.low, self.close, self.volume = (np.full(shape, np.nan) for _ in range(5))

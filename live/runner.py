@@ -161,19 +161,25 @@ class Runner:
             numba.set_num_threads(prev)
         return inp.scores[-1].copy(), inp.events[-1].copy()
 
-    def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray) -> tuple:
+    def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray, llm_calls: int = 0) -> tuple:
+        """One `kernel.step_nb` on session row r: decisions, stats, fills, and this bar's token counts,
+        basket scores and session events (rollback triggers) as the backtest records them."""
         b = self.bars
         assert b is not None
         dec = np.zeros(self.n, dtype=np.int8)
+        dscore = np.full(self.n, np.nan)
+        tok = np.zeros(K.N_TOK, dtype=np.int64)
         counts = np.zeros(C.N_DECISIONS, dtype=np.int64)
         stats = np.zeros(K.N_STATS)
         ob_i = np.zeros((ORDER_BUF, 5), dtype=np.int64)
         ob_f = np.zeros((ORDER_BUF, 3))
         n_orders = np.zeros(1, dtype=np.int64)
+        ev_f = np.zeros((K.EVENTS_PER_SESSION, K.N_EV))
+        n_ev = np.zeros(1, dtype=np.int64)
         fresh = np.zeros(self.n, dtype=np.bool_)
         K.step_nb(self.state, r, b.open[r], b.high[r], b.low[r], b.close[r], score, ev, b.close_epoch,
-                  int(b.day_ord[r]), int(b.mtc[r]), pvec, self.struct, dec, counts, stats, ob_i, ob_f, n_orders,
-                  fresh)
+                  int(b.open_epoch[r]), int(b.day_ord[r]), int(b.mtc[r]), int(b.ny_minute[r]), int(llm_calls),
+                  pvec, self.struct, dec, dscore, tok, counts, stats, ob_i, ob_f, n_orders, ev_f, n_ev, fresh)
         return dec, stats, ob_i[: n_orders[0]], ob_f[: n_orders[0]]
 
     def decide(self, r: int) -> Minute:
