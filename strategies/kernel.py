@@ -260,6 +260,16 @@ def _fill_phase_nb(
     Returns (positions closed, of which by a stop) for the rollback-trigger windows."""
     closed = 0
     stops = 0
+    # the open's market sells and buys fill together: what the sells bring is there for every buy at
+    # this open, whatever the column order (fills are still booked column by column)
+    owed = 0.0
+    n_owed = 0
+    for j in range(o.shape[0]):
+        if not math.isnan(o[j]) and state.sf[j, SF_PENDING] < 0.0 and state.sf[j, SF_QTY] > 0:
+            n_owed += 1
+            q = state.sf[j, SF_QTY]
+            owed += q * market_fill_price_nb(o[j], SELL, p[P_SLIP]) - order_fee_nb(q, p[P_FEE_SHARE],
+                                                                                   p[P_FEE_ORDER])
     for j in range(o.shape[0]):
         if math.isnan(o[j]):
             continue
@@ -272,7 +282,7 @@ def _fill_phase_nb(
             state.si[j, SI_PEND_DEC] = NEVER
             if pend > 0:
                 price = market_fill_price_nb(o[j], BUY, p[P_SLIP])
-                afford = math.floor((state.f[F_CASH] - p[P_FEE_ORDER]) / (price + p[P_FEE_SHARE]))
+                afford = math.floor((state.f[F_CASH] + owed - p[P_FEE_ORDER]) / (price + p[P_FEE_SHARE]))
                 qty = min(pend, float(afford))
                 if qty >= 1.0:
                     fee = order_fee_nb(qty, p[P_FEE_SHARE], p[P_FEE_ORDER])
@@ -286,6 +296,11 @@ def _fill_phase_nb(
                     _record_order_nb(ob_i, ob_f, n_orders, stats, t, dec, j, BUY, qty, price, fee, reason)
             elif state.sf[j, SF_QTY] > 0:
                 price = market_fill_price_nb(o[j], SELL, p[P_SLIP])
+                q = state.sf[j, SF_QTY]
+                owed -= q * price - order_fee_nb(q, p[P_FEE_SHARE], p[P_FEE_ORDER])
+                n_owed -= 1
+                if n_owed == 0:
+                    owed = 0.0  # every sale booked: no rounding left to spend
                 _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, dec, reason)
                 closed += 1
     for j in range(o.shape[0]):
@@ -512,8 +527,7 @@ def _triggers_nb(
         flip_flop = act > 0 and flips / act >= p[P_RB_FLIP_RATE]
         if stop_out or flip_flop:
             before = _effective_nb(state)
-            if state.f[F_E_DELTA] < 0.0:  # shrink a relaxing delta toward 0
-                state.f[F_E_DELTA] *= p[P_RB_SHRINK]
+            state.f[F_E_DELTA] *= p[P_RB_SHRINK]  # "shrink": toward 0, whatever the delta's sign
             state.f[F_E_COOLDOWN] = max(state.f[F_E_COOLDOWN], p[P_RB_COOLDOWN])
             state.f[F_E_LOCK] = max(state.f[F_E_LOCK], p[P_RB_LOCK])
             state.i[I_FIRED_1H] = 1

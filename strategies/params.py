@@ -147,7 +147,7 @@ class Params(BaseModel):
     llm_surge_calls: int = Field(30, ge=0, description="more LLM calls than this in the 2 h window fires 2 h")
     rollback_overflow_a: float = Field(0.15, gt=0, le=1,
                                        description="mean per-minute Tier-A overflow rate (minutes with Tier-A wants) firing 2 h")
-    rollback_delta_shrink: float = Field(0.5, ge=0, le=1, description="1 h: a negative cutoff_delta times this")
+    rollback_delta_shrink: float = Field(0.5, ge=0, le=1, description="1 h: cutoff_delta times this (toward 0)")
     rollback_cooldown_s: float = Field(150.0, ge=0, description="1 h: cooldown at least this")
     rollback_lock_s: float = Field(120.0, ge=0, description="1 h: direction lock at least this")
     rollback_llm_min_score: float = Field(0.65, ge=0, le=1, description="2 h: llm_min_score at least this")

@@ -109,6 +109,22 @@ def test_flip_flop_rate_fires_the_1h_trigger_when_it_reaches_25_percent() -> Non
     assert decision(res.decisions[0], 4, "AAPL") == "below_cutoff"
 
 
+def test_the_1h_trigger_halves_a_positive_cutoff_delta_toward_zero_too() -> None:
+    # SPEC §8: "shrink" halves cutoff_delta toward 0, whatever its sign: +0.04 -> +0.02
+    scores = [(0, s, -0.6) for s in ("NVDA", "TSLA", "AAPL", "MSFT")] + [(1, "AMZN", -0.6), (1, "META", -0.6)]
+    scores += [(2, "NVDA", 0.6), (3, "TSLA", 0.6),  # 8 signals, 2 flip-flops at bar 3: fires
+               (4, "AAPL", 0.48)]  # cutoff 0.45 + 0.04 = 0.49; halved delta: 0.47
+    gates = {"cooldown_s": 0.0, "direction_lock_s": 0.0, "delta_window": False, "cutoff_delta": 0.04}
+    inputs = make_inputs(6, scores)
+    res = _both(strategy(rollback_1h=True, **gates), inputs)
+    twin = _both(strategy(**gates), inputs)
+    assert _fired(res, "rollback_1h") == [3]
+    ev = res.triggers_frame(0).iloc[0]
+    assert (ev["cutoff_delta_before"], ev["cutoff_delta_after"]) == (0.04, 0.02)
+    assert decision(twin.decisions[0], 4, "AAPL") == "below_cutoff"
+    assert decision(res.decisions[0], 4, "AAPL") == "actionable"
+
+
 def test_a_reversal_after_the_flip_window_is_no_flip_flop() -> None:
     scores = [(0, "NVDA", -0.6), (11, "NVDA", 0.6)]  # 660 s apart: outside the 600 s window
     res = _both(strategy(mode="relaxed", rollback_1h=True), make_inputs(13, scores))
