@@ -31,7 +31,7 @@ KPI_SENSE: dict[str, int] = {
     "pnl": 1, "return": 1, "max_drawdown": 1, "n_trades": 0, "win_rate": 1, "stop_out_rate": -1,
     "mae_median": 1, "mfe_median": 1, "signals_generated": 0, "suppressed_total": 0,
     **{f"suppressed_{codes.DECISION_NAMES[c]}": 0 for c in codes.SUPPRESSION_CODES},
-    "actionable": 0, "strong_signal_rate": 1, "flip_flops": -1, "flip_flops_per_10min": -1,
+    "actionable": 0, "actionable_signals": 0, "strong_signal_rate": 1, "flip_flops": -1, "flip_flops_per_10min": -1,
     "flip_flop_rate": -1, "direction_lock_hits": 0, "token_overflow_rate_A": -1,
     "token_overflow_rate_B": -1, "token_overflow_rate_Reserve": -1, "reserve_fallbacks": 0,
     "llm_calls": 0,
@@ -176,6 +176,8 @@ def session_kpis(run: ModeRun) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
                                    "flip_flop_rate", "direction_lock_hits", "llm_calls")},
             **{f"suppressed_{codes.DECISION_NAMES[c]}": sig[f"suppressed_{codes.DECISION_NAMES[c]}"]
                for c in codes.SUPPRESSION_CODES},
+            # SPEC §8's denominator of the flip-flop rate (the 1 h trigger's "actionable"): entries, exits, evidence
+            "actionable_signals": sig["actionable"] + sig["exit_signal"] + sig["evidence"],
             "flip_flops_per_10min": sig["flip_flops"] / (minutes / 10.0) if minutes else np.nan,
             **_tier_overflow(tokens[sl]),
         }

@@ -91,6 +91,39 @@ def test_frames_rebuild_the_kernels_equity_and_sessions_add_up(two_sessions) -> 
     assert len(run.triggers) == len(fired) and (run.triggers["time"].to_numpy() == fired["time"].to_numpy()).all()
 
 
+@pytest.mark.parametrize("flip_window_s", [600.0, 120.0])
+def test_flip_flop_rate_is_flip_flops_over_the_actionable_signals_shown(two_sessions, flip_window_s: float) -> None:
+    """SPEC §8: flip-flop rate = flip-flops / actionable signals (entries, exits and evidence, as the
+    1 h trigger counts them, within the parameters' flip window), re-derived per session from the
+    kernel's decisions with a plain loop."""
+    from strategies import codes as C
+
+    panel, events = two_sessions
+    p = Params.preset("relaxed").replace(flip_window_s=flip_window_s)
+    run = compare.run_mode("relaxed", p, panel, events)
+    kernel = TieredBasketStrategy(p).run(panel, [p], events=events, record=True)
+    sessions, _, _ = compare.session_kpis(run)
+    dec = kernel.decisions[0]
+    secs = kernel.index.as_unit("s").asi8 + 60
+    day = kernel.index.tz_convert("America/New_York").date
+    for rec in sessions.itertuples():
+        rows = np.flatnonzero(day == rec.session.date())
+        n_sig = flips = 0
+        last: dict[int, tuple[int, int]] = {}
+        for t in rows:
+            for j, code in enumerate(dec[t]):
+                d = 1 if code == C.ACTIONABLE else (-1 if code in (C.EXIT_SIGNAL, C.EVIDENCE) else 0)
+                if d == 0:
+                    continue
+                n_sig += 1
+                if j in last and last[j][0] != d and secs[t] - last[j][1] <= p.flip_window_s:
+                    flips += 1
+                last[j] = (d, int(secs[t]))
+        assert n_sig > rec.actionable > 0  # exits and evidence are actionable signals too
+        assert (rec.actionable_signals, rec.flip_flops) == (n_sig, flips)
+        assert rec.flip_flop_rate == pytest.approx(rec.flip_flops / rec.actionable_signals)
+
+
 def test_cli_compares_three_ways_and_writes_report_and_tables(home: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     tuned = tmp_path / "tight.toml"
