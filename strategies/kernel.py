@@ -612,7 +612,8 @@ def step_nb(
         placed = False
         if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
             placed = _exit_nb(state, j, now, C.ORDER_FLATTEN)
-        elif p[P_MAX_HOLD] > 0 and now - state.si[j, SI_ENTRY_T] >= p[P_MAX_HOLD] * 60:
+        elif p[P_MAX_HOLD] > 0 and state.si[j, SI_ENTRY_T] != NEVER and now - state.si[j, SI_ENTRY_T] >= \
+                p[P_MAX_HOLD] * 60:  # from the fill; a position found at the broker has no known fill
             placed = _exit_nb(state, j, now, C.ORDER_MAX_HOLD)
         if placed and s.tier[j] == C.TIER_ETF:
             state.si[j, SI_LAST_ORDER] = now  # the ETF lock follows every order in the ETF

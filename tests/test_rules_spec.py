@@ -187,6 +187,16 @@ def test_a_position_without_a_stop_counts_its_risk_and_entries_go_on() -> None:
     assert not np.isnan(risk) and not np.isnan(exposure)
 
 
+def test_max_hold_never_sells_a_position_whose_fill_is_unknown() -> None:
+    # SPEC §5b measures max hold from the fill; a position found at the broker has no known fill, so it
+    # is not "held for ever": it stays until an exit rule that needs no fill time (flatten, stop, signal)
+    strat = strategy(max_hold_minutes=30)
+    log = strat.walk(make_inputs(3), _held_without_stop(strat, "MSFT", 10))
+    assert len(log.orders) == 0
+    log = strat.walk(make_inputs(4, minutes_to_close=[7, 6, 5, 4]), _held_without_stop(strat, "MSFT", 10))
+    assert [C.ORDER_REASON_NAMES[int(o["reason"])] for o in log.orders] == ["flatten"]
+
+
 def test_risk_summary_of_a_position_without_a_stop_is_a_number_and_blocked_when_over() -> None:
     strat = strategy()
     rs = strat.risk_summary(_held_without_stop(strat, "QQQ", 10))
