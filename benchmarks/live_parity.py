@@ -2,7 +2,8 @@
 research.backtest on the same bars, for default and relaxed. Prints one line per session and totals.
 
 Usage: python benchmarks/live_parity.py [--modes default,relaxed] [--limit N] [--redis URL]
-The executor sends the kernel's exact stop/take-profit levels (see tests/test_live_parity.py).
+The executor sends the kernel's exact stop/take-profit levels and the sim accepts them (SimConfig(exact_prices=True),
+the parity replays' one deliberate difference from Alpaca; see tests/test_live_parity.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def main() -> int:
             events = cat.read_events(day, day)
             sim = SimServer(panel, SimConfig(slippage=p.slippage, fee_per_share=p.fee_per_share,
                                              fee_per_order=p.fee_per_order, initial_cash=10_000.0,
-                                             max_volume_share=1.0), rate_limit=1_000_000).start()
+                                             max_volume_share=1.0, exact_prices=True),
+                            rate_limit=1_000_000).start()
             root = f"tierlab-bench:{uuid.uuid4().hex[:8]}:"
             store = RedisState(r, Keys.of("parity", "tiered_basket", mode, root=root))
             broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)

@@ -75,6 +75,16 @@ def test_make_live_paper_offline_report_status_and_kill(tmp_path: Path) -> None:
     assert {"time", "symbol", "side", "qty", "price", "reason"} <= set(orders.columns)
     assert list(decisions.columns) == ["time", "symbol", "reason", "score"]
     assert len(decisions) > 0
+    # a RunDir run folder (kind live) with what research.compare --from-live reads
+    assert list(orders.columns) == ["set", "time", "decision_time", "symbol", "side", "qty", "price", "fees", "reason"]
+    tokens = pd.read_parquet(report / "tokens.parquet")
+    assert list(tokens.columns) == ["time", "wants_a", "wants_b", "wants_reserve", "overflows_a", "overflows_b",
+                                    "overflows_reserve", "reserve_fallbacks"]
+    assert tokens["time"].is_monotonic_increasing and tokens["wants_a"].sum() > 0
+    assert "trigger" in pd.read_parquet(report / "triggers.parquet").columns
+    meta = json.loads((report / "meta.json").read_text())
+    assert meta["kind"] == "live" and meta["mode"] == "default" and "tokens.parquet" in meta["files"]
+    assert "mode = \"default\"" in (report / "params.toml").read_text()
 
 
 def test_live_paper_without_redis_says_how_to_get_one(tmp_path: Path) -> None:
@@ -85,3 +95,31 @@ def test_live_paper_without_redis_says_how_to_get_one(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: no Redis")
+
+
+def test_live_paper_dry_run_reports_the_kernels_own_fills(tmp_path: Path) -> None:
+    """AUTO_MODE=0: nothing reaches the broker; orders.parquet holds the kernel's fills in the backtest's schema,
+    equal to research.backtest's orders on the same bars."""
+    from data.catalog import Catalog
+    from research.backtest import backtest
+    from strategies.params import Params
+    from strategies.tiered_basket import TieredBasketStrategy
+
+    home, out = tmp_path / "home", tmp_path / "reports"
+    env = dict(_env(home), AUTO_MODE="0")
+    r = subprocess.run([sys.executable, "-m", "tierlab.live_paper", "--bars", "90", "--quiet", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "'orders': 0" in r.stdout  # the executor sent nothing
+    run = next(out.glob("live-default-*"))
+    orders = pd.read_parquet(run / "orders.parquet")
+    p = Params.preset("default")
+    meta = json.loads((run / "meta.json").read_text())
+    day = meta["start"]
+    cat = Catalog(home / "catalog")
+    panel = cat.read_panel(list(p.universe), day, day)
+    panel = panel.slice(None, panel.index[89] + pd.Timedelta(minutes=1))
+    bt = backtest(TieredBasketStrategy(p), panel, p, events=cat.read_events(day, day), init_cash=10_000.0)
+    assert len(bt.orders) > 0
+    pd.testing.assert_frame_equal(orders, bt.orders.reset_index(drop=True), check_dtype=False)
+    assert meta["auto_mode"] == 0 and meta["end"] == day

@@ -34,6 +34,7 @@ SKIP = (  # (pattern, reason): a command matching it is not run
     (r"^python -m research\.llm\b", "asks an LLM endpoint (keys)"),
     (r"^python -m data (import|events) ", "needs a file of your own (placeholder name)"),
     (r"--storage postgresql", "the same CLI as `make tune`; PostgreSQL storage is tests/test_tune_workers.py"),
+    (r"^python -m live (status|kill)\b", "talks to a running runner: tests/test_live_paper.py, test_live_status.py"),
 )
 
 
@@ -79,6 +80,11 @@ def runnable(cmd: str, out: Path) -> list[str]:
     if args[:2] == ["make", "backtest"]:
         extra = next((a for a in args if a.startswith("ARGS=")), "ARGS=")[5:]
         extra = f"{extra} --out {out}" + ("" if "--start" in extra else " " + " ".join(SHORT))
+        return ["make", "-s", "-o", ".venv/.installed", *[a for a in args[1:] if not a.startswith("ARGS=")],
+                f"ARGS={extra.strip()}"]
+    if args[:2] == ["make", "live-paper"]:  # a short replay (--bars) into the scratch folder
+        extra = next((a for a in args if a.startswith("ARGS=")), "ARGS=")[5:]
+        extra = f"{extra} --out {out}" + ("" if "--bars" in extra else " --bars 30 --quiet")
         return ["make", "-s", "-o", ".venv/.installed", *[a for a in args[1:] if not a.startswith("ARGS=")],
                 f"ARGS={extra.strip()}"]
     if args[:2] == ["make", "tune"]:
