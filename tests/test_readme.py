@@ -34,6 +34,8 @@ SKIP = (  # (pattern, reason): a command matching it is not run
     (r"^python -m research\.llm\b", "asks an LLM endpoint (keys)"),
     (r"^python -m data (import|events) ", "needs a file of your own (placeholder name)"),
     (r"--storage postgresql", "the same CLI as `make tune`; PostgreSQL storage is tests/test_tune_workers.py"),
+    (r"^make live-paper\b|^python -m live (status|kill)\b",
+     "a live session with Redis and live.sim (minutes): tests/test_live_paper.py runs it, status and kill"),
 )
 
 
