@@ -651,7 +651,7 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
         lines += holdout_lines(best, hold, cfg.metric)
     run = None
     if out_dir is None:  # its own run folder under cfg.out (research/runs.py); `<out>/tune-latest` points at it
-        run = run_folder(study, problem, cfg)
+        run = run_folder(problem, cfg)
         out_dir = run.path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -667,7 +667,7 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
     return StudyReport(lines, params_path, html_path, guards)
 
 
-def run_folder(study: optuna.Study, problem: Problem, cfg: TuneConfig) -> RunDir:
+def run_folder(problem: Problem, cfg: TuneConfig) -> RunDir:
     """The study run's folder: `tune-<mode>-<start>_<end>-<hash>`, the hash over the base params and the study."""
     rng = str((problem.settings or {}).get("date_range", ""))
     start, end = rng.split("..", 1) if ".." in rng and "(" not in rng else (cfg.start, cfg.end)
