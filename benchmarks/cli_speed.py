@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELP_CLIS = ("research.backtest", "research.tune", "live.sim", "data")
+HELP_CLIS = ("research.backtest", "research.tune", "research.compare", "research.llm", "live.sim", "data")
 
 SWEEP = """
 import time

@@ -10,6 +10,13 @@ CLI: `python -m research.compare --modes default,relaxed [--params A.toml,B.toml
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `--help` and a bad flag answer before numpy and pandas load
+    from research.compare_cli import build_parser as _early_parser
+
+    _early_parser().parse_args()
+
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +29,7 @@ import pandas as pd
 from data.bars import Panel
 from data.calendar import ny_days
 from research import kpis
+from research.runs import RunDir
 from strategies import codes
 from strategies.base import ORDER_DTYPE, RunResult
 
@@ -336,8 +344,11 @@ def run_job(modes: str | None, params_files: str | None, start: str | None, end:
     runs += [load_live_dir(d, panel) for d in from_live]
     cmp = compare_runs(runs, n_boot=n_boot)
     labels = "-".join(r.label for r in runs)
-    out_dir = Path(out) / f"compare-{labels}-{start_d}_{end_d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir.create("compare", mode=labels, start=start_d, end=end_d, params=ComparedSets(runs),
+                        symbols=panel.symbols, root=out,
+                        extra={"modes": [r.label for r in runs], "from_live": [str(d) for d in from_live],
+                               "bootstrap": n_boot})
+    out_dir = run.path
     cmp.table.to_parquet(out_dir / "compare.parquet", index=False)
     cmp.sessions.to_parquet(out_dir / "sessions.parquet", index=False)
     cmp.hourly.to_parquet(out_dir / "hourly.parquet", index=False)
@@ -346,7 +357,30 @@ def run_job(modes: str | None, params_files: str | None, start: str | None, end:
             "catalog": str(catalog.root), "bootstrap resamples": n_boot}
     html_path = write_compare_report(cmp, out_dir / "report.html",
                                      f"tierlab compare — {', '.join(r.label for r in runs)} — {start_d} .. {end_d}", prov)
+    run.finish(["compare.parquet", "sessions.parquet", "hourly.parquet", html_path.name],
+               extra={"sessions": int(cmp.sessions["session"].nunique())})
     return cmp, html_path
+
+
+class ComparedSets:
+    """The compared runs' parameters as one object for RunDir: one TOML table per label, one hash."""
+
+    def __init__(self, runs: Sequence[ModeRun]) -> None:
+        self.runs = list(runs)
+
+    def model_dump(self) -> dict[str, Any]:
+        """{label: the run's parameters}."""
+        return {r.label: r.params.model_dump() for r in self.runs}
+
+    def to_toml(self, path: str | Path) -> str:
+        """`[<label>]` tables, each a Params file's `[params]` table (read one back with tomllib)."""
+        import tomllib
+
+        import tomli_w
+
+        text = tomli_w.dumps({r.label: tomllib.loads(r.params.to_toml())["params"] for r in self.runs})
+        Path(path).write_text(text)
+        return text
 
 
 def summary_text(cmp: Comparison) -> str:
@@ -361,23 +395,10 @@ def summary_text(cmp: Comparison) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, compare, print the verdicts; a bad request prints one line and exits 2."""
-    import argparse
-    import sys
-
+    from research.compare_cli import build_parser
     from tierlab.errors import TierlabError
 
-    ap = argparse.ArgumentParser(prog="python -m research.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--modes", default=None, help="presets to compare, commas or spaces (default: default,relaxed "
-                    "unless --params or --from-live are given); the first is the baseline")
-    ap.add_argument("--params", help="TOML parameter files to compare as well (label: the file's stem)")
-    ap.add_argument("--from-live", nargs="*", default=[], metavar="DIR",
-                    help="live run directories (orders.parquet, decisions.parquet, params.toml) to compare")
-    ap.add_argument("--start", help="first session date (default: the catalog's first)")
-    ap.add_argument("--end", help="last session date, inclusive (default: the catalog's last)")
-    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs (default 2000)")
-    ap.add_argument("--out", default="reports", help="parent directory of the run directory (default: reports)")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     modes = args.modes if args.modes is not None else ("" if (args.params or args.from_live) else "default,relaxed")
     try:
         cmp, path = run_job(modes, args.params, args.start, args.end, args.from_live, args.out, args.bootstrap)

@@ -11,9 +11,14 @@ next; only answers recorded live (live.llm writes the same format) carry none.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
+
+if __name__ == "__main__":  # `--help` and a bad flag answer before numpy, pandas and the gate load
+    from research.llm_cli import build_parser as _early_parser
+
+    _early_parser().parse_args()
+
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,7 +155,7 @@ def record(start: str, end: str, out: str, mode: str | None = None, root: str | 
     from tierlab.log import get_logger
 
     log = get_logger("research.llm")
-    params = Params.from_toml(params_file, mode=mode) if params_file else Params.preset(mode or "default")
+    params = Params.load(mode, params_file)  # preset, file, then TIERLAB_<FIELD> (a bad value: one line)
     cfg = cfg or LlmGateConfig.for_params(params)
     catalog = Catalog(root)
     panel = catalog.read_panel(list(params.universe), pd.Timestamp(start).date(), pd.Timestamp(end).date())
@@ -182,17 +187,9 @@ def record(start: str, end: str, out: str, mode: str | None = None, root: str | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m research.llm record ...`: one line per problem, exit 2 on a user error."""
-    p = argparse.ArgumentParser(prog="python -m research.llm", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("record", help="ask the endpoint for every request a backtest would make")
-    r.add_argument("--start", required=True)
-    r.add_argument("--end", required=True)
-    r.add_argument("--mode", choices=("default", "relaxed"), help="preset (default: default, or --params' mode)")
-    r.add_argument("--params", help="parameter TOML (as research.backtest --params)")
-    r.add_argument("--out", default=None, help="answers file (default: $TIERLAB_HOME/llm/answers.jsonl)")
-    r.add_argument("--root", help="catalog directory")
-    r.add_argument("--debug", action="store_true")
-    a = p.parse_args(argv)
+    from research.llm_cli import build_parser
+
+    a = build_parser().parse_args(argv)
     from tierlab.paths import tierlab_home
 
     out = a.out or str(tierlab_home() / "llm" / "answers.jsonl")

@@ -5,7 +5,8 @@ and the symbols, so a run with other settings lands elsewhere and the same setti
 same folder (a re-run replaces its own files only). Each folder holds `params.toml` and a small
 `meta.json` (command line, tierlab version, symbols, range, provenance, the files written), next to
 whatever the run adds (report.html, orders.parquet, decisions.parquet...). `reports/latest` points
-at the newest run (a symlink; a one-line `latest.txt` where the platform has none).
+at the newest run, `reports/<kind>-latest` at the newest of its kind (symlinks; one-line `.txt`
+files where the platform has none).
 
     run = RunDir.create("backtest", mode="default", start="2024-10-21", end="2024-12-06",
                         params=params, symbols=params.universe)
@@ -128,21 +129,22 @@ class RunDir:
         out = self.path / "meta.json"
         out.write_text(json.dumps(_plain(self.meta), indent=2, sort_keys=True, default=str) + "\n")
         point_latest(self.path)
+        point_latest(self.path, f"{self.kind}-{LATEST}")  # e.g. tune-latest/best_params.toml after any backtest
         return out
 
 
-def point_latest(run: Path) -> None:
-    """Atomically repoint `<root>/latest` at `run` (relative symlink; latest.txt without symlinks)."""
+def point_latest(run: Path, name: str = LATEST) -> None:
+    """Atomically repoint `<root>/<name>` at `run` (relative symlink; <name>.txt without symlinks)."""
     root = run.parent
-    link = root / LATEST
-    tmp = root / f".{LATEST}.{os.getpid()}"
+    link = root / name
+    tmp = root / f".{name}.{os.getpid()}"
     try:
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         tmp.symlink_to(run.name, target_is_directory=True)
         os.replace(tmp, link)
     except OSError:
-        (root / f"{LATEST}.txt").write_text(run.name + "\n")
+        (root / f"{name}.txt").write_text(run.name + "\n")
 
 
 def _plain(v: Any) -> Any:

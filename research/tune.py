@@ -44,13 +44,20 @@ it (user attrs `worker`, the local worker index, and `worker_id`, host-pid-uuid)
 After the study, `report` re-runs the best trial on each fold's train window for the in-sample
 side of the per-fold table (only the best trial: the objective itself never looks at in-sample
 numbers), computes the deflated Sharpe ratio and PBO (research/tune_report.py, research/overfit.py),
-writes the best parameters as a Params TOML file and an HTML report with Optuna's plots under
-`reports/tune-<study>/`.
+writes the best parameters as a Params TOML file and an HTML report with Optuna's plots into the
+run's own folder `reports/tune-<mode>-<start>_<end>-<hash>/` (research/runs.py; `reports/tune-latest`
+points at the newest). The base parameters are the preset, then `TIERLAB_<FIELD>` variables.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+if __name__ == "__main__":  # `--help` and a bad flag answer before optuna and pandas load (about 3 s)
+    from research.tune_cli import build_parser as _early_parser
+
+    _early_parser().parse_args()
+
 import dataclasses
 import json
 import math
@@ -58,11 +65,10 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import sys
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -72,6 +78,9 @@ import optuna
 import pandas as pd
 
 from data.calendar import ny_days
+from research.runs import RunDir, settings_hash
+from research.tune_cli import OBJECTIVES as OBJECTIVES  # re-exported with TuneConfig and parse_args
+from research.tune_cli import TuneConfig, parse_args
 from research.tune_report import (
     Guards,
     TrialRecord,
@@ -89,47 +98,9 @@ from tierlab.paths import tierlab_home
 
 log = get_logger(__name__)
 
-OBJECTIVES = {"sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar", "return": "total_return"}
 # Calmar/Sortino are infinite without a drawdown/downside; clip so one such fold cannot dominate.
 SCORE_CLIP = 1e3
 _PRIMITIVE = (type(None), bool, int, float, str)
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """Everything a study run needs; picklable so worker processes rebuild their problem from it."""
-
-    study: str = "tierlab"
-    trials: int = 30
-    objective: str = "sharpe"
-    min_trades: int = 5
-    storage: str | None = None
-    workers: int = 1
-    seed: int = 7
-    mode: str = "default"
-    start: str | None = None
-    end: str | None = None
-    train_days: int = 10
-    test_days: int = 5
-    purge_days: int = 1
-    holdout_days: int = 5
-    startup_trials: int = 10
-    progress: bool = True
-    fresh: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0),
-                          ("holdout_days", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
-
-    @property
-    def metric(self) -> str:
-        """Metric column the objective maximizes."""
-        return OBJECTIVES[self.objective]
 
 
 class WindowResult(NamedTuple):
@@ -255,7 +226,7 @@ def make_objective(problem: Problem, cfg: TuneConfig, worker: int = 0) -> Callab
 
 
 STUDY_SETTINGS = ("strategy", "objective", "date_range", "fold_plan", "purge_days", "holdout_days", "min_trades",
-                 "mode", "search_space")
+                 "mode", "search_space", "base_params")
 _STATES = optuna.trial.TrialState
 _FINISHED = (_STATES.COMPLETE, _STATES.PRUNED, _STATES.FAIL)
 REDIS_PREFIX = "tierlab-optuna"
@@ -425,6 +396,7 @@ def study_settings(cfg: TuneConfig, problem: Problem) -> dict[str, Any]:
         "min_trades": cfg.min_trades,
         "mode": cfg.mode,
         "search_space": space,
+        "base_params": extra.get("base_params"),
     }
     return json.loads(json.dumps(out, default=repr))
 
@@ -441,7 +413,7 @@ def check_settings(study: optuna.Study, settings: Mapping[str, Any]) -> None:
         return
     for key in STUDY_SETTINGS:
         was, now = old.get(key), settings.get(key)
-        if was == now:
+        if was == now or (key == "base_params" and key not in old):  # a study recorded before base_params
             continue
         if isinstance(was, dict) and isinstance(now, dict):
             sub = next(k for k in sorted(set(was) | set(now), key=str) if was.get(k) != now.get(k))
@@ -677,14 +649,33 @@ def report(study: optuna.Study, problem: Problem, cfg: TuneConfig, out_dir: Path
                           for k in _table_columns(cfg.metric))
         lines.append(f"  holdout, {len(problem.holdout)} sessions never seen by the optimizer: {shown}")
         lines += holdout_lines(best, hold, cfg.metric)
-    out_dir = Path(out_dir or Path("reports") / f"tune-{cfg.study}")
+    run = None
+    if out_dir is None:  # its own run folder under cfg.out (research/runs.py); `<out>/tune-latest` points at it
+        run = run_folder(problem, cfg)
+        out_dir = run.path
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params_path = out_dir / "best_params.toml"
     problem.base.replace(**normalize(problem.space, best.params)).to_toml(params_path)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(f"tierlab study {cfg.study}", lines, table, figures(study)))
+    if run is not None:
+        run.finish(["best_params.toml", "report.html"],
+                   extra={"best_trial": best.number, "best_value": _num(best.value), "best_params": best.params,
+                          "trials": len(recs)})
     lines += [f"best params: {params_path}", f"report: {html_path}"]
     return StudyReport(lines, params_path, html_path, guards)
+
+
+def run_folder(problem: Problem, cfg: TuneConfig) -> RunDir:
+    """The study run's folder: `tune-<mode>-<start>_<end>-<hash>`, the hash over the base params and the study."""
+    rng = str((problem.settings or {}).get("date_range", ""))
+    start, end = rng.split("..", 1) if ".." in rng and "(" not in rng else (cfg.start, cfg.end)
+    extra = {"study": cfg.study, "storage": _safe_url(cfg.storage or default_storage()),
+             "objective": cfg.objective, "seed": cfg.seed, "trials_target": cfg.trials,
+             "fold_plan": study_settings(cfg, problem)["fold_plan"]}
+    return RunDir.create("tune", mode=cfg.mode, start=start, end=end, params=problem.base, root=cfg.out,
+                         extra=extra)
 
 
 def _table_columns(metric: str) -> tuple[str, ...]:
@@ -705,7 +696,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
     from strategies.params import Params
     from strategies.tiered_basket import TieredBasketStrategy
 
-    base = Params.preset(cfg.mode)
+    base = Params.load(cfg.mode)  # preset, then TIERLAB_<FIELD> (a bad value is one line naming the variable)
     catalog = Catalog()
     if not catalog.symbols():  # only an empty catalog gets the sample: never mixed into real bars
         catalog = ensure_sample(catalog)
@@ -718,7 +709,8 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
     folds, holdout = study_plan(n_sessions, cfg.train_days, cfg.test_days, cfg.purge_days, cfg.holdout_days)
     days = np.unique(ny_days(panel.index))
     settings = {"strategy": f"{type(strategy).__module__}.{type(strategy).__name__}",
-                "date_range": f"{days[0]}..{days[-1]}" if len(days) else f"{start}..{end} (no bars)"}
+                "date_range": f"{days[0]}..{days[-1]}" if len(days) else f"{start}..{end} (no bars)",
+                "base_params": settings_hash(base)}  # a TIERLAB_<FIELD> change must not resume the study
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
         sub = window_panel(panel, numbers, sessions)
@@ -738,40 +730,6 @@ def session_returns(equity: pd.Series, init_cash: float) -> pd.Series:
     last = equity.groupby(days.to_numpy(), sort=True).last()
     prev = last.shift(1).fillna(init_cash)
     return last / prev - 1.0
-
-
-def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
-    """Parse the `python -m research.tune` command line into a TuneConfig."""
-    ap = argparse.ArgumentParser(prog="python -m research.tune", description=__doc__.splitlines()[0])
-    d = TuneConfig()
-    ap.add_argument("--study", default=None, help="study name (default tierlab-<mode>)")
-    ap.add_argument("--trials", type=int, default=d.trials,
-                    help="finished trials the study should hold (a re-run adds only the missing ones)")
-    ap.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective)
-    ap.add_argument("--min-trades", type=int, default=d.min_trades, help="fewer OOS trades in a fold prunes the trial")
-    ap.add_argument("--storage", default=None,
-                    help="optuna storage: an RDB URL (postgresql+psycopg://...), redis://HOST:PORT/DB or a journal "
-                         "file path (default SQLite under TIERLAB_HOME/studies)")
-    ap.add_argument("--workers", type=int, default=d.workers, help="local worker processes on the same storage")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--mode", choices=["default", "relaxed"], default=d.mode)
-    ap.add_argument("--start", default=None, help="first session date (default: the sample's)")
-    ap.add_argument("--end", default=None, help="last session date, inclusive (default: the sample's)")
-    ap.add_argument("--train-days", type=int, default=d.train_days)
-    ap.add_argument("--test-days", type=int, default=d.test_days)
-    ap.add_argument("--purge-days", type=int, default=d.purge_days)
-    ap.add_argument("--holdout-days", type=int, default=d.holdout_days,
-                    help="last sessions kept from the optimizer and scored once for the best trial (0: none)")
-    ap.add_argument("--fresh", action="store_true", help="delete an existing study of that name first")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    return TuneConfig(
-        study=a.study or f"tierlab-{a.mode}", trials=a.trials, objective=a.objective, min_trades=a.min_trades,
-        storage=a.storage, workers=a.workers, seed=a.seed, mode=a.mode, start=a.start, end=a.end,
-        train_days=a.train_days, test_days=a.test_days, purge_days=a.purge_days, holdout_days=a.holdout_days,
-        fresh=a.fresh,
-        progress=not a.no_progress,
-    )
 
 
 def main(argv: Sequence[str] | None = None, factory: ProblemFactory | None = None) -> int:

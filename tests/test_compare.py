@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +133,13 @@ def test_cli_compares_three_ways_and_writes_report_and_tables(home: Path, tmp_pa
                        "--out", str(tmp_path), "--bootstrap", "300"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    run_dir = tmp_path / f"compare-default-relaxed-tight-{TWO[0]}_{TWO[1]}"
+    run_dir = Path(out.split("report: ")[1].split()[0]).parent
+    assert run_dir.parent == tmp_path and run_dir.name.startswith(f"compare-default-relaxed-tight-{TWO[0]}_{TWO[1]}-")
+    assert (tmp_path / "compare-latest").resolve() == run_dir.resolve()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["modes"] == ["default", "relaxed", "tight"] and "report.html" in meta["files"]
+    sets = tomllib.loads((run_dir / "params.toml").read_text())
+    assert sets["tight"]["cutoff"] == 0.6 and sets["relaxed"]["mode"] == "relaxed"
     table = pd.read_parquet(run_dir / "compare.parquet")
     assert set(table["mode"]) == {"relaxed", "tight"} and set(table["baseline"]) == {"default"}
     assert {"pnl", "stop_out_rate", "flip_flop_rate", "token_overflow_rate_A", "llm_calls"} <= set(table["kpi"])
@@ -144,6 +152,21 @@ def test_cli_compares_three_ways_and_writes_report_and_tables(home: Path, tmp_pa
     assert "report:" in out and (run_dir / "report.html").exists()
 
 
+def test_env_setting_changes_the_comparison_and_lands_in_its_own_folder(
+        home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["--start", TWO[0], "--end", TWO[1], "--out", str(tmp_path), "--bootstrap", "100"]
+    runs = []
+    for cooldown in (None, "600"):
+        if cooldown:
+            monkeypatch.setenv("TIERLAB_COOLDOWN_S", cooldown)
+        assert compare.main(args) == 0
+        runs.append(Path(capsys.readouterr().out.split("report: ")[1].split()[0]).parent)
+    assert runs[0] != runs[1] and all((r / "report.html").exists() for r in runs)
+    base, slow = (pd.read_parquet(r / "sessions.parquet").groupby("mode")["suppressed_cooldown"].sum() for r in runs)
+    assert (slow > base).all()  # a 10-minute cooldown suppresses more signals in both modes
+    assert tomllib.loads((runs[1] / "params.toml").read_text())["relaxed"]["cooldown_s"] == 600.0
+
+
 def test_report_renders_in_headless_chromium(home: Path, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         msg = "no /usr/bin/chromium (install: apt-get install -y chromium) - report not rendered"
@@ -151,7 +174,7 @@ def test_report_renders_in_headless_chromium(home: Path, tmp_path: Path) -> None
             pytest.fail(msg)
         pytest.skip(msg)
     assert compare.main(["--start", TWO[0], "--end", TWO[1], "--out", str(tmp_path), "--bootstrap", "200"]) == 0
-    html = tmp_path / f"compare-default-relaxed-{TWO[0]}_{TWO[1]}" / "report.html"
+    html = tmp_path / "compare-latest" / "report.html"
     assert 'src="http' not in html.read_text()
     args = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
             "--window-size=1400,900", "--dump-dom", html.as_uri()]

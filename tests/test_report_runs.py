@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -116,22 +117,79 @@ def test_env_setting_changes_the_backtest_and_a_bad_value_is_one_line(
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.html"))
 
 
-@pytest.mark.parametrize("cli", ["research.backtest", "research.tune", "live.sim"])
-def test_bad_env_value_is_one_line_in_every_cli(cli: str, home: Path, tmp_path: Path) -> None:
-    """Through the shared helper (Params.load): each CLI that builds parameters refuses the value."""
-    if cli != "research.backtest":
-        src = (ROOT / cli.replace(".", "/")).with_suffix(".py")
-        src = src if src.exists() else ROOT / cli.replace(".", "/") / "__main__.py"
-        if "Params.load(" not in src.read_text():
-            pytest.xfail(f"{cli} does not call strategies.params.Params.load yet (one line for its owner)")
-    env = {"TIERLAB_HOME": str(home), "TIERLAB_COOLDOWN_S": "abc", "PATH": "/usr/bin:/bin"}
-    args = {"research.backtest": [*DAY, "--out", str(tmp_path)],
-            "research.tune": ["--trials", "1", "--no-progress", *DAY],
-            "live.sim": ["--replay", "2024-10-22", "--port", "0", "--speed", "0"]}[cli]
-    proc = subprocess.run([sys.executable, "-m", cli, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env=env)
+CLI_ARGS = {  # a run of each CLI that would start working (no keys needed before the parameters load)
+    "research.backtest": [*DAY],
+    "research.tune": ["--trials", "1", "--no-progress", *DAY],
+    "live.sim": ["--replay", "2024-10-22", "--port", "0", "--speed", "0"],
+    "research.compare": [*DAY, "--bootstrap", "10"],
+    "research.llm": ["record", *DAY],
+}
+
+
+@pytest.mark.parametrize("var, value", [("TIERLAB_COOLDOWN_S", "abc"), ("TIERLAB_MODE", "fast")])
+@pytest.mark.parametrize("cli", list(CLI_ARGS))
+def test_bad_env_value_is_one_line_in_every_cli(cli: str, var: str, value: str, home: Path, tmp_path: Path) -> None:
+    """Through the shared helper (Params.load): each CLI that builds parameters refuses the value, exit 2."""
+    env = {"TIERLAB_HOME": str(home), var: value, "PATH": "/usr/bin:/bin"}
+    args = [*CLI_ARGS[cli], *(["--out", str(tmp_path / "out")] if cli.startswith("research.") else [])]
+    proc = subprocess.run([sys.executable, "-m", cli, *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "TIERLAB_COOLDOWN_S" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert var in proc.stderr and value in proc.stderr
+    assert not list(tmp_path.rglob("*.html"))  # nothing half-written
+
+
+def test_env_setting_changes_a_tune_study_and_cannot_resume_one_made_without_it(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from research.tune import TuneConfig, backtest_problem, run_study
+
+    cfg = TuneConfig(study="env", trials=1, progress=False, storage=f"sqlite:///{tmp_path / 'o.db'}",
+                     start="2024-10-21", end="2024-10-25", train_days=2, test_days=1, purge_days=0, holdout_days=0,
+                     min_trades=0)
+    plain = backtest_problem(cfg)
+    run_study(cfg, problem=plain)
+    monkeypatch.setenv("TIERLAB_COOLDOWN_S", "600")
+    slow = backtest_problem(cfg)
+    assert (plain.base.cooldown_s, slow.base.cooldown_s) == (Params.preset("default").cooldown_s, 600.0)
+    week = range(0, 5)
+    assert plain.evaluate(plain.base, week).metrics != slow.evaluate(slow.base, week).metrics
+    with pytest.raises(ConfigError, match="base_params"):  # the study's trials were scored on other params
+        run_study(cfg, problem=slow)
+    monkeypatch.setenv("TIERLAB_MODE", "relaxed")
+    monkeypatch.delenv("TIERLAB_COOLDOWN_S")
+    from research.tune_cli import parse_args
+
+    relaxed = parse_args(["--trials", "1"])
+    assert relaxed.mode == "relaxed" and relaxed.study == "tierlab-relaxed"  # TIERLAB_MODE picks the preset
+    assert backtest_problem(relaxed).base.cooldown_s == 120.0
+
+
+def test_env_setting_reaches_the_sim_costs(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sim's slippage and fees default to the parameters' (preset, then TIERLAB_<FIELD>)."""
+    import live.sim.__main__ as sim_cli
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(panel: object, cfg: object, **kw: object) -> None:
+        seen["cfg"], seen["symbols"] = cfg, list(panel.symbols)  # type: ignore[attr-defined]
+        raise Stop
+
+    monkeypatch.setattr("live.sim.server.SimServer", capture)
+    monkeypatch.setenv("TIERLAB_SLIPPAGE", "0.001")
+    monkeypatch.setenv("TIERLAB_FEE_PER_ORDER", "1.5")
+    with pytest.raises(Stop):
+        sim_cli.main(["--replay", "2024-10-22", "--port", "0", "--symbols", "NVDA", "AMD"])
+    cfg = seen["cfg"]
+    assert (cfg.slippage, cfg.fee_per_order, cfg.fee_per_share) == (0.001, 1.5, 0.0)  # type: ignore[attr-defined]
+    assert seen["symbols"] == ["NVDA", "AMD"]  # symbols by spaces
+    with pytest.raises(Stop):
+        sim_cli.main(["--replay", "2024-10-22", "--port", "0", "--slippage", "0", "--symbols", "NVDA,AMD"])
+    assert seen["cfg"].slippage == 0.0  # type: ignore[attr-defined]  # a flag beats the environment
+    assert seen["symbols"] == ["NVDA", "AMD"]  # symbols by commas
 
 
 def test_params_load_is_the_shared_env_layer() -> None:
@@ -163,16 +221,57 @@ def test_every_flag_has_help_and_help_lists_the_reason_codes() -> None:
     assert "TIERLAB_COOLDOWN_S" in text
 
 
-def test_help_answers_without_importing_the_heavy_libraries() -> None:
+HEAVY = ("vectorbt", "plotly", "optuna", "numba", "pandas", "aiohttp", "alpaca", "numpy")
+# live.sim is left out: `python -m live.sim` imports the live.sim package first, whose __init__ imports
+# the engine and the server (numba, pandas, aiohttp); its own __main__ imports them only in main().
+FAST_HELP = ("research.backtest", "research.tune", "research.compare", "research.llm", "data")
+
+
+@pytest.mark.parametrize("cli", FAST_HELP)
+def test_help_answers_without_importing_the_heavy_libraries(cli: str) -> None:
     code = ("import sys, runpy; sys.argv=['x','--help']\n"
-            "try: runpy.run_module('research.backtest', run_name='__main__')\n"
+            f"try: runpy.run_module({cli!r}, run_name='__main__', alter_sys=True)\n"
             "except SystemExit: pass\n"
-            "print(sorted(m for m in ('vectorbt','plotly','optuna','numba','pandas') if m in sys.modules))")
-    t = time.perf_counter()
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+    assert "usage: python -m" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]", f"--help imported {proc.stdout.splitlines()[-1]}"
-    assert time.perf_counter() - t < 60
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    import data.__main__ as data_cli
+    import live.sim.__main__ as sim_cli
+    from research import compare_cli, llm_cli, tune_cli
+
+    return {"research.backtest": build_parser(), "research.tune": tune_cli.build_parser(),
+            "research.compare": compare_cli.build_parser(), "research.llm": llm_cli.build_parser(),
+            "data": data_cli.build_parser(), "live.sim": sim_cli.build_parser()}
+
+
+@pytest.mark.parametrize("cli", ["research.backtest", "research.tune", "research.compare", "research.llm", "data",
+                                 "live.sim"])
+def test_every_flag_of_every_cli_has_help(cli: str) -> None:
+    todo = [(cli, _parsers()[cli])]
+    while todo:
+        name, ap = todo.pop()
+        for action in ap._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+    if cli != "data":  # the CLIs that build parameters say how the environment layer reaches them
+        assert "TIERLAB_<FIELD>" in (_parsers()[cli].epilog or ""), cli
+
+
+def test_data_fetch_takes_symbols_by_commas_and_spaces(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import data.__main__ as data_cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr("data.importers.alpaca.fetch_cli", lambda symbols, *a: seen.append(symbols) or "ok")
+    assert data_cli.main(["fetch", "--symbols", "NVDA, amd", "SOXS", "--start", "2024-10-22",
+                          "--end", "2024-10-22"]) == 0
+    assert seen == [["NVDA", "AMD", "SOXS"]] and capsys.readouterr().out.strip() == "ok"
 
 
 def test_an_empty_run_says_why(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

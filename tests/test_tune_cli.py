@@ -6,6 +6,7 @@ with few trials, so the whole file stays within a few tens of seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,9 +64,25 @@ def test_resuming_the_study_over_other_dates_is_refused_in_one_line(
     assert "Traceback" not in proc.stderr
 
 
+def _printed(out: str, label: str) -> Path:
+    """The path the CLI printed after `label` (relative to its working folder)."""
+    return Path(next(ln for ln in out.splitlines() if ln.startswith(label))[len(label):].strip())
+
+
+def test_study_writes_its_own_run_folder(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, work = cli_run
+    run = (work / _printed(proc.stdout, "report: ")).parent
+    assert run.parent == work / "reports" and run.name.startswith("tune-default-2024-10-21_2024-12-06-")
+    assert {"best_params.toml", "report.html", "params.toml", "meta.json"} <= {f.name for f in run.iterdir()}
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["kind"] == "tune" and meta["study"] == "cli" and meta["seed"] == 3
+    assert (work / "reports" / "tune-latest").resolve() == run.resolve()
+    assert (work / "reports" / "latest").resolve() == run.resolve()
+
+
 def test_best_params_toml_is_a_params_file(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, work = cli_run
-    path = work / "reports" / "tune-cli" / "best_params.toml"
+    path = work / _printed(proc.stdout, "best params: ")
     p = Params.from_toml(path)
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("params:"))
     for item in line.split(":", 1)[1].split(","):
@@ -79,8 +96,8 @@ def test_best_params_toml_is_a_params_file(cli_run: tuple[subprocess.CompletedPr
 
 
 def test_report_has_optuna_plots(cli_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
-    _, work = cli_run
-    html = (work / "reports" / "tune-cli" / "report.html").read_text()
+    proc, work = cli_run
+    html = (work / _printed(proc.stdout, "report: ")).read_text()
     for title in ("Optimization history", "Slices", "In-sample vs out-of-sample per fold", "deflated Sharpe"):
         assert title in html
     assert "plotly" in html.lower()

@@ -13,8 +13,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from live.sim.engine import SimConfig
-from live.sim.server import SimServer
+from tierlab.cli import split_symbols
 from tierlab.errors import ConfigError, DataError, TierlabError
 
 if TYPE_CHECKING:
@@ -37,32 +36,50 @@ def _require_bars(panel: Panel, cat: Catalog, a: argparse.Namespace) -> None:
     raise DataError(f"the catalog at {cat.root} has no bars for {span}{why}; {fix}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, load the replay panel from the catalog and serve until interrupted."""
-    ap = argparse.ArgumentParser(prog="python -m live.sim", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments, every one with its help text (defaults from SimConfig, or the parameters)."""
+    ap = argparse.ArgumentParser(
+        prog="python -m live.sim", description=__doc__.splitlines()[0],
+        epilog="environment: TIERLAB_<FIELD>=value overrides a parameter (e.g. TIERLAB_SLIPPAGE=0.001; a bad "
+               "value such as TIERLAB_COOLDOWN_S=abc is refused), TIERLAB_MODE the preset; TIERLAB_HOME picks "
+               "the catalog; SIM_API_KEY / SIM_SECRET_KEY the keys the sim accepts.")
     ap.add_argument("--host", default="127.0.0.1", help="loopback address only (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=8765, help="TCP port, 0 picks a free one (default 8765)")
     ap.add_argument("--replay", required=True, help="first session date to replay (YYYY-MM-DD)")
     ap.add_argument("--end", help="last session date (default: the --replay date)")
-    ap.add_argument("--symbols", help="comma-separated symbols (default: all in the catalog)")
-    ap.add_argument("--speed", type=float, default=60.0, help="x real time; 0 = step mode")
-    ap.add_argument("--slippage", type=float, default=SimConfig.slippage)
-    ap.add_argument("--fee-per-share", type=float, default=SimConfig.fee_per_share)
-    ap.add_argument("--fee-per-order", type=float, default=SimConfig.fee_per_order)
-    ap.add_argument("--cash", type=float, default=SimConfig.initial_cash)
-    ap.add_argument("--max-volume-share", type=float, default=SimConfig.max_volume_share)
+    ap.add_argument("--symbols", nargs="+", metavar="SYM",
+                    help="symbols, by commas or spaces (NVDA,AMD or NVDA AMD; default: all in the catalog)")
+    ap.add_argument("--speed", type=float, default=60.0, help="x real time; 0 = step mode (POST /sim/step)")
+    ap.add_argument("--slippage", type=float, default=None,
+                    help="share of the price a market fill moves against you (default: the parameters' slippage, "
+                         "preset then TIERLAB_SLIPPAGE)")
+    ap.add_argument("--fee-per-share", type=float, default=None,
+                    help="fee per share filled (default: the parameters' fee_per_share)")
+    ap.add_argument("--fee-per-order", type=float, default=None,
+                    help="fee per order filled (default: the parameters' fee_per_order)")
+    ap.add_argument("--cash", type=float, default=None, help="starting cash (default: SimConfig's, 100000)")
+    ap.add_argument("--max-volume-share", type=float, default=None,
+                    help="most of a bar's volume one order may fill in that bar (default: SimConfig's, 0.1)")
     ap.add_argument("--exact-prices", action="store_true",
                     help="parity replays: accept prices off Alpaca's tick and report exact float prices")
-    ap.add_argument("--account", choices=("margin", "cash"), default=SimConfig.account,
+    ap.add_argument("--account", choices=("margin", "cash"), default=None,
                     help="margin (Alpaca paper's default: 2x/4x, shorting) or cash (1x, no shorting)")
     ap.add_argument("--sample", action="store_true", help="write the bundled synthetic sample if missing")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, load the replay panel from the catalog and serve until interrupted."""
+    a = build_parser().parse_args(argv)
     try:
-        from live.sim.server import loopback_host
+        from live.sim.engine import SimConfig
+        from live.sim.server import SimServer, loopback_host
+        from strategies.params import Params
 
         loopback_host(a.host)  # fail before touching the catalog
         if not 0 <= a.port <= 65535:
             raise ConfigError(f"--port must be 0..65535 (0 picks a free port), got {a.port}")
+        params = Params.load()  # preset (TIERLAB_MODE), then TIERLAB_<FIELD>: a bad value is one line
         from data.catalog import Catalog
 
         cat = Catalog()
@@ -70,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             from data.sample import ensure_sample
 
             ensure_sample(cat)
-        syms = a.symbols.split(",") if a.symbols else None
+        syms = split_symbols(a.symbols) or None
         panel = cat.read_panel(syms, a.replay, a.end or a.replay)
         _require_bars(panel, cat, a)
-        cfg = SimConfig(slippage=a.slippage, fee_per_share=a.fee_per_share, fee_per_order=a.fee_per_order,
-                        initial_cash=a.cash, max_volume_share=a.max_volume_share, account=a.account,
-                        exact_prices=a.exact_prices)
+        given = {"initial_cash": a.cash, "max_volume_share": a.max_volume_share, "account": a.account}
+        cfg = SimConfig(slippage=params.slippage if a.slippage is None else a.slippage,
+                        fee_per_share=params.fee_per_share if a.fee_per_share is None else a.fee_per_share,
+                        fee_per_order=params.fee_per_order if a.fee_per_order is None else a.fee_per_order,
+                        exact_prices=a.exact_prices, **{k: v for k, v in given.items() if v is not None})
         server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed)
         asyncio.run(server.serve())
     except TierlabError as e:
