@@ -224,7 +224,7 @@ def test_every_flag_has_help_and_help_lists_the_reason_codes() -> None:
 HEAVY = ("vectorbt", "plotly", "optuna", "numba", "pandas", "aiohttp", "alpaca", "numpy")
 # live.sim is left out: `python -m live.sim` imports the live.sim package first, whose __init__ imports
 # the engine and the server (numba, pandas, aiohttp); its own __main__ imports them only in main().
-FAST_HELP = ("research.backtest", "research.tune", "research.compare", "research.llm", "data")
+FAST_HELP = ("research.backtest", "research.tune", "research.compare", "research.llm", "data", "live.sim")
 
 
 @pytest.mark.parametrize("cli", FAST_HELP)
