@@ -223,6 +223,7 @@ def run_grid(
     init_cash: float = 10_000.0,
     progress: bool = False,
     chunk: int = 128,
+    llm: str | None = "off",
 ) -> GridResult:
     """Run N parameter sets as N columns and return one tidy metrics row per set plus equity curves.
 
@@ -231,16 +232,22 @@ def run_grid(
     once per chunk and no chunk is split and merged again. Metrics come from the RunResult
     equity/cash and orders (see the module docstring for why not a vectorbt Portfolio), in the
     caller's set order. Parameters that differ between sets are added as columns of `metrics`.
+    `llm`: `off`, or `recorded:FILE` for a single set (gate + kernel, research.llm.run_policy).
     """
     import numpy as np
     import pandas as pd
 
     from research import kpis
+    from research.llm import parse_policy, run_policy
 
     t0 = time.perf_counter()
     param_sets = list(param_sets)
     if not param_sets:
         raise ConfigError("run_grid: param_sets is empty")
+    llm_off = parse_policy(llm)[0] == "off"
+    if not llm_off and len(param_sets) > 1:
+        raise ConfigError(f"--llm {llm}: a grid of {len(param_sets)} sets shares one score computation, so it runs "
+                          "with --llm off only; run recorded answers one set at a time")
     parts = [g[a : a + chunk] for g in score_groups(strategy, param_sets) for a in range(0, len(g), chunk)]
     tables, curves, order = [], [], []
     iterator: Any = parts
@@ -252,8 +259,11 @@ def run_grid(
     keep = ["signals_generated", "suppressed_total", "actionable", "strong_signal_rate",
             "token_overflow_rate", "direction_lock_hits", "llm_calls"]
     for ks in iterator:
-        result = strategy.run(panel, [param_sets[k] for k in ks], events=events, init_cash=init_cash,
-                              record=False, progress=False)
+        if llm_off:
+            result = strategy.run(panel, [param_sets[k] for k in ks], events=events, init_cash=init_cash,
+                                  record=False, progress=False)
+        else:  # one set: the gate's per-bar threshold needs the kernel's recorded llm_min_score
+            result = run_policy(strategy, panel, param_sets[ks[0]], events, llm, init_cash=init_cash)[0]
         aligned = _align(panel, result)
         trades = kpis.round_trips(result, aligned.low, aligned.high, aligned.close)
         m = kpis.metrics(result, aligned.low, aligned.high, aligned.close, trades=trades)

@@ -117,8 +117,12 @@ class TuneConfig:
     progress: bool = True
     fresh: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    llm: str = "off"  # --llm off|recorded:FILE: each trial's windows through the LLM gate (research.llm)
 
     def __post_init__(self) -> None:
+        from research.llm import parse_policy
+
+        parse_policy(self.llm)  # a bad value or a missing file: ConfigError naming --llm
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0),
@@ -255,7 +259,7 @@ def make_objective(problem: Problem, cfg: TuneConfig, worker: int = 0) -> Callab
 
 
 STUDY_SETTINGS = ("strategy", "objective", "date_range", "fold_plan", "purge_days", "holdout_days", "min_trades",
-                 "mode", "search_space")
+                 "mode", "search_space", "llm")
 _STATES = optuna.trial.TrialState
 _FINISHED = (_STATES.COMPLETE, _STATES.PRUNED, _STATES.FAIL)
 REDIS_PREFIX = "tierlab-optuna"
@@ -426,6 +430,8 @@ def study_settings(cfg: TuneConfig, problem: Problem) -> dict[str, Any]:
         "mode": cfg.mode,
         "search_space": space,
     }
+    if cfg.llm != "off":  # absent when off, so studies made before --llm resume unchanged
+        out["llm"] = cfg.llm
     return json.loads(json.dumps(out, default=repr))
 
 
@@ -722,7 +728,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
         sub = window_panel(panel, numbers, sessions)
-        grid = run_grid(strategy, sub, [params], events=events, init_cash=INIT_CASH)
+        grid = run_grid(strategy, sub, [params], events=events, init_cash=INIT_CASH, llm=cfg.llm)
         metrics = grid.metrics.iloc[0].to_dict()
         return WindowResult(metrics, session_returns(grid.equity.iloc[:, 0], INIT_CASH))
 
@@ -764,13 +770,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
                     help="last sessions kept from the optimizer and scored once for the best trial (0: none)")
     ap.add_argument("--fresh", action="store_true", help="delete an existing study of that name first")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--llm", default="off", metavar="off|recorded:FILE",
+                    help="LLM gate per trial: off (default) or recorded:FILE (answers replayed from the file)")
     a = ap.parse_args(argv)
     return TuneConfig(
         study=a.study or f"tierlab-{a.mode}", trials=a.trials, objective=a.objective, min_trades=a.min_trades,
         storage=a.storage, workers=a.workers, seed=a.seed, mode=a.mode, start=a.start, end=a.end,
         train_days=a.train_days, test_days=a.test_days, purge_days=a.purge_days, holdout_days=a.holdout_days,
         fresh=a.fresh,
-        progress=not a.no_progress,
+        progress=not a.no_progress, llm=a.llm,
     )
 
 

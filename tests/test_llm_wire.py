@@ -20,6 +20,7 @@ from strategies import codes
 from strategies.llm_gate import Answer, Request, gate_requests
 from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
+from tierlab.errors import ConfigError
 
 START, END = "2024-11-04", "2024-11-05"
 NY = "America/New_York"
@@ -173,3 +174,30 @@ def _key(req: Request) -> str:
     from strategies.llm_gate import LlmGate, LlmGateConfig
 
     return LlmGate(LlmGateConfig.for_params(Params.preset("relaxed")), StubReviewer.model).key(req)
+
+
+def test_tune_trials_run_through_the_gate_and_bad_llm_is_exit_2(
+        catalog: Catalog, answers: Path, capsys: pytest.CaptureFixture) -> None:
+    from research.backtest import run_grid
+    from research.tune import TuneConfig, backtest_problem, study_settings
+    from research.tune import main as tune_main
+
+    plan = {"mode": "relaxed", "start": START, "end": END, "train_days": 1, "test_days": 1, "purge_days": 0,
+            "holdout_days": 0}
+    on = backtest_problem(TuneConfig(**plan, llm=f"recorded:{answers}"))
+    off = backtest_problem(TuneConfig(**plan))
+    window = range(0, 2)
+    a, b, c = on.evaluate(on.base, window), on.evaluate(on.base, window), off.evaluate(off.base, window)
+    assert a.metrics["llm_calls"] >= 1 and c.metrics["llm_calls"] == 0  # the trial's windows went through the gate
+    assert a.metrics == b.metrics and a.returns.equals(b.returns)  # recorded answers: the same trial twice
+    assert study_settings(TuneConfig(**plan, llm=f"recorded:{answers}"), on)["llm"] == f"recorded:{answers}"
+    assert "llm" not in study_settings(TuneConfig(**plan), off)  # studies made before --llm resume unchanged
+
+    with pytest.raises(ConfigError, match="runs with --llm off only"):
+        run_grid(TieredBasketStrategy(on.base), catalog.read_panel(list(on.base.universe), START, END),
+                 [on.base, on.base.replace(cooldown_s=600)], llm=f"recorded:{answers}")
+    for value, said in (("sometimes", "--llm: expected off or recorded:FILE"), ("recorded:/no/such.jsonl",
+                                                                               "no such file")):
+        assert tune_main(["--llm", value, "--trials", "1"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err
