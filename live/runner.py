@@ -59,6 +59,21 @@ class Minute:
 
 
 @dataclass
+class Step:
+    """One `step_nb`'s outputs: decisions, stats, the orders it filled (ob_i/ob_f rows), the bar's token
+    counts (kernel.N_TOK: wants A/B/R, overflows A/B/R, reserve fallbacks), the basket scores behind
+    inverse-ETF decisions and the session events it fired (ev_f rows, kernel.N_EV columns)."""
+
+    decisions: np.ndarray
+    stats: np.ndarray
+    oi: np.ndarray
+    of: np.ndarray
+    tok: np.ndarray
+    dscore: np.ndarray
+    events: np.ndarray
+
+
+@dataclass
 class Runner:
     """One strategy on one account and mode, bar by bar, with its state in Redis.
 
@@ -161,7 +176,7 @@ class Runner:
             numba.set_num_threads(prev)
         return inp.scores[-1].copy(), inp.events[-1].copy()
 
-    def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray, llm_calls: int = 0) -> tuple:
+    def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray, llm_calls: int = 0) -> Step:
         """One `kernel.step_nb` on session row r: decisions, stats, fills, and this bar's token counts,
         basket scores and session events (rollback triggers) as the backtest records them."""
         b = self.bars
@@ -180,7 +195,7 @@ class Runner:
         K.step_nb(self.state, r, b.open[r], b.high[r], b.low[r], b.close[r], score, ev, b.close_epoch,
                   int(b.open_epoch[r]), int(b.day_ord[r]), int(b.mtc[r]), int(b.ny_minute[r]), int(llm_calls),
                   pvec, self.struct, dec, dscore, tok, counts, stats, ob_i, ob_f, n_orders, ev_f, n_ev, fresh)
-        return dec, stats, ob_i[: n_orders[0]], ob_f[: n_orders[0]]
+        return Step(dec, stats, ob_i[: n_orders[0]], ob_f[: n_orders[0]], tok, dscore, ev_f[: n_ev[0]].copy())
 
     def decide(self, r: int) -> Minute:
         """Decide row r of the session: score, step (within the shared token budget), persist, publish."""
@@ -190,15 +205,20 @@ class Runner:
         t = b.index[r]
         score, ev = self._inputs(r)
         before = state_to_bytes(self.state)
-        dec, stats, oi, of = self._step(r, score, ev, self.pvec)
+        st = self._step(r, score, ev, self.pvec)
         if self.budget is not None:
-            dec, stats, oi, of = self._within_budget(r, t, before, score, ev, dec, stats, oi, of)
+            st = self._within_budget(r, t, before, score, ev, st)
+        dec, stats, oi, of = st.decisions, st.stats, st.oi, st.of
         now = int(b.close_epoch[r])
+        # the kernel's own fills (fill bar, decision bar: session rows; fees) -> the backtest's order rows
         fills = [[self.symbols[int(oi[k, K.OI_COL])], int(oi[k, K.OI_SIDE]), float(of[k, K.OF_QTY]),
-                  float(of[k, K.OF_PRICE]), C.ORDER_REASON_NAMES.get(int(oi[k, K.OI_REASON]), "?")]
+                  float(of[k, K.OF_PRICE]), C.ORDER_REASON_NAMES.get(int(oi[k, K.OI_REASON]), "?"),
+                  float(of[k, K.OF_FEES]), int(b.index[int(oi[k, K.OI_BAR])].value // 1_000_000_000),
+                  int(b.index[int(oi[k, K.OI_DEC])].value // 1_000_000_000)]
                  for k in range(len(oi))]
         signals = self._signals(t, now, dec, score, oi)
         record = {"t": int(t.value // 1_000_000_000), "codes": dec.tolist(), "scores": score.tolist(),
+                  "dscores": st.dscore.tolist(), "tok": st.tok.tolist(), "events": st.events.tolist(),
                   "fills": fills, "equity": float(K.equity_nb(self.state)), "cash": float(self.state.f[K.F_CASH]),
                   "stats": stats.tolist()}
         summary = self.summary(t, dec, score)
@@ -209,7 +229,7 @@ class Runner:
         return m
 
     def _within_budget(self, r: int, t: pd.Timestamp, before: bytes, score: np.ndarray, ev: np.ndarray,
-                       dec: np.ndarray, stats: np.ndarray, oi: np.ndarray, of: np.ndarray) -> tuple:
+                       st: Step) -> Step:
         """Take the tokens the step used from the account's shared bucket; on refusal re-run the step
         with the kernel's bucket sizes lowered to what the account has left (the arithmetic stays the
         kernel's). The op id makes a re-decided minute (after a crash) not pay twice.
@@ -219,17 +239,17 @@ class Runner:
         minute = int(b.close_epoch[r]) // 60  # the kernel's minute: the bar close's
         op = f"{self.store.keys.prefix}{minute}"
         for attempt in range(5):
-            used = _tokens_used(stats)
+            used = _tokens_used(st.stats)
             ok, remaining = self.budget.consume(minute, used, op_id=op)
             if ok:
                 if attempt:
                     log.info("token_budget_shared", time=str(t), used=used, rule="token",
                              reason="another runner on the account used tokens this minute")
-                return dec, stats, oi, of
+                return st
             self.state = state_from_bytes(before)
             pvec = self.pvec.copy()
             pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
-            dec, stats, oi, of = self._step(r, score, ev, pvec)
+            st = self._step(r, score, ev, pvec)
         raise RuntimeError(f"token budget: no consistent take after 5 attempts at {t}")
 
     def _signals(self, t: pd.Timestamp, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:

@@ -43,9 +43,13 @@ def session(day: str, mode: str) -> tuple[Any, Any, pd.DataFrame, Params]:
 
 
 def start_sim(panel: Any, p: Params) -> SimServer:
-    """The sim in step mode with the backtest's costs and cash (no volume cap: the backtest has none)."""
+    """The sim in step mode with the backtest's costs and cash (no volume cap: the backtest has none).
+
+    `exact_prices=True` is the one deliberate difference from Alpaca in parity replays: the kernel
+    anchors its exits at unrounded prices, so the sim must accept and fill them exactly (README, live).
+    """
     cfg = SimConfig(slippage=p.slippage, fee_per_share=p.fee_per_share, fee_per_order=p.fee_per_order,
-                    initial_cash=INIT_CASH, max_volume_share=1.0)
+                    initial_cash=INIT_CASH, max_volume_share=1.0, exact_prices=True)
     return SimServer(panel, cfg, speed=0.0, rate_limit=1_000_000).start()
 
 
@@ -84,6 +88,11 @@ def expected(panel: Any, events: pd.DataFrame, p: Params) -> tuple[pd.DataFrame,
     """research.backtest's orders and decisions on the same bars."""
     bt = backtest(TieredBasketStrategy(p), panel, p, events=events, init_cash=INIT_CASH)
     return bt.orders, bt.decisions
+
+
+def expected_run(panel: Any, events: pd.DataFrame, p: Params) -> Any:
+    """research.backtest's whole result (orders, decisions, per-bar token counts, triggers)."""
+    return backtest(TieredBasketStrategy(p), panel, p, events=events, init_cash=INIT_CASH)
 
 
 def live_frames(lv: Live) -> tuple[pd.DataFrame, pd.DataFrame]:

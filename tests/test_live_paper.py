@@ -75,6 +75,16 @@ def test_make_live_paper_offline_report_status_and_kill(tmp_path: Path) -> None:
     assert {"time", "symbol", "side", "qty", "price", "reason"} <= set(orders.columns)
     assert list(decisions.columns) == ["time", "symbol", "reason", "score"]
     assert len(decisions) > 0
+    # a RunDir run folder (kind live) with what research.compare --from-live reads
+    assert list(orders.columns) == ["set", "time", "decision_time", "symbol", "side", "qty", "price", "fees", "reason"]
+    tokens = pd.read_parquet(report / "tokens.parquet")
+    assert list(tokens.columns) == ["time", "wants_a", "wants_b", "wants_reserve", "overflows_a", "overflows_b",
+                                    "overflows_reserve", "reserve_fallbacks"]
+    assert tokens["time"].is_monotonic_increasing and tokens["wants_a"].sum() > 0
+    assert "trigger" in pd.read_parquet(report / "triggers.parquet").columns
+    meta = json.loads((report / "meta.json").read_text())
+    assert meta["kind"] == "live" and meta["mode"] == "default" and "tokens.parquet" in meta["files"]
+    assert "mode = \"default\"" in (report / "params.toml").read_text()
 
 
 def test_live_paper_without_redis_says_how_to_get_one(tmp_path: Path) -> None:

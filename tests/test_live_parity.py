@@ -11,7 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from live_helpers import expected, live_frames, order_rows, run_live, session, start_sim, wire
+from live_helpers import (
+    expected,
+    expected_run,
+    live_frames,
+    order_rows,
+    run_live,
+    session,
+    start_sim,
+    wire,
+)
+
+from live.journal import kernel_orders, tokens_frame
+from research.compare import token_frame
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -33,6 +45,13 @@ def test_runner_against_sim_matches_backtest(redis_url: str, day: str, mode: str
         assert order_rows(live_orders) == order_rows(bt_orders)
         pd.testing.assert_frame_equal(live_dec.reset_index(drop=True), bt_dec.reset_index(drop=True))
         assert (live_dec["reason"] == "actionable").any()
+        # what the runner records per bar is what the backtest records: the kernel's own fills, token counts
+        records = lv.store.decisions()
+        bt = expected_run(panel, events, p)
+        pd.testing.assert_frame_equal(kernel_orders(records), bt.orders.reset_index(drop=True), check_dtype=False)
+        tok = tokens_frame(records).set_index("time")
+        pd.testing.assert_frame_equal(tok, token_frame(bt.result), check_dtype=False, check_names=False)
+        assert tok["wants_a"].sum() > 0
     finally:
         lv.store.delete_all()
         sim.stop()

