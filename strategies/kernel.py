@@ -738,6 +738,16 @@ def step_nb(
         _triggers_nb(state, t, now, p, stats, ev_f, n_ev)
 
 
+@njit(cache=True)
+def decision_llm_min_nb(state: State, ev_f: np.ndarray, e0: int, e1: int) -> float:
+    """The llm_min_score a step's decision used, from the state after it and the events rows [e0, e1) it
+    fired: a rollback trigger at the bar's close applies from the next bar, so it reports its value before."""
+    for e in range(e0, e1):
+        if ev_f[e, EV_KIND] != C.TRIGGER_HARD:
+            return ev_f[e, EV_LLM_B]
+    return state.f[F_E_LLM_MIN]
+
+
 @njit(cache=True, parallel=True)
 def run_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, scores: np.ndarray,
@@ -788,11 +798,7 @@ def run_nb(
                 decisions[k, t] = dec_row
                 dscores[k, t] = dscore_row
                 toks[k, t] = tok_row
-                llm_min[k, t] = state.f[F_E_LLM_MIN]
-                for e in range(ev0, n_ev[k, 0]):  # a trigger at this close applies from the next bar:
-                    if ev_f[k, e, EV_KIND] != C.TRIGGER_HARD:  # the decision saw the value before it
-                        llm_min[k, t] = ev_f[k, e, EV_LLM_B]
-                        break
+                llm_min[k, t] = decision_llm_min_nb(state, ev_f[k], ev0, n_ev[k, 0])
             equity[t, k] = equity_nb(state)
             cash[t, k] = state.f[F_CASH]
     return (equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0], dscores, toks, ev_f, n_ev[:, 0],
