@@ -291,6 +291,12 @@ def flip_flops_nb(direction: np.ndarray, seconds: np.ndarray, window_s: int) -> 
     return out
 
 
+def _flip_window(result: RunResult, set_: int) -> int:
+    """The set's own flip window (`flip_window_s`, which the 1 h rollback trigger counts with), else 10 min."""
+    params = result.params[set_] if len(result.params) > set_ else None
+    return int(getattr(params, "flip_window_s", FLIP_WINDOW_S))
+
+
 def _cutoff(params: Any) -> float | None:
     cutoff = getattr(params, "cutoff", None)
     if cutoff is None:
@@ -338,7 +344,7 @@ def signal_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> dict[
     out["llm_calls"] = float(np.asarray(ex["llm_calls"])[set_]) if "llm_calls" in ex else 0.0
     if result.decisions is not None:
         d = result.decisions[set_]
-        flips = flip_flops_nb(_DIRECTION[d], epoch_seconds(result.index), FLIP_WINDOW_S)
+        flips = flip_flops_nb(_DIRECTION[d], epoch_seconds(result.index), _flip_window(result, set_))
         out["flip_flops"] = int(flips.sum())
         n_act = int(counts[codes.ACTIONABLE])  # SPEC §8: flip-flop rate = flip-flops / actionable signals
         out["flip_flop_rate"] = flips.sum() / n_act if n_act else np.nan
@@ -379,7 +385,7 @@ def hourly_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> pd.Da
             np.bincount(pos, weights=strong.sum(axis=1), minlength=len(out)) if strong is not None else np.nan
         )
         direction = _DIRECTION[d]
-        flips = flip_flops_nb(direction, epoch_seconds(result.index), FLIP_WINDOW_S)
+        flips = flip_flops_nb(direction, epoch_seconds(result.index), _flip_window(result, set_))
         n_act = per_code[:, codes.ACTIONABLE]
         n_flip = np.bincount(pos, weights=flips.sum(axis=1), minlength=len(out)).astype(np.int64)
         out["flip_flops"] = n_flip

@@ -260,6 +260,16 @@ def _fill_phase_nb(
     Returns (positions closed, of which by a stop) for the rollback-trigger windows."""
     closed = 0
     stops = 0
+    # the open's market sells and buys fill together: what the sells bring is there for every buy at
+    # this open, whatever the column order (fills are still booked column by column)
+    owed = 0.0
+    n_owed = 0
+    for j in range(o.shape[0]):
+        if not math.isnan(o[j]) and state.sf[j, SF_PENDING] < 0.0 and state.sf[j, SF_QTY] > 0:
+            n_owed += 1
+            q = state.sf[j, SF_QTY]
+            owed += q * market_fill_price_nb(o[j], SELL, p[P_SLIP]) - order_fee_nb(q, p[P_FEE_SHARE],
+                                                                                   p[P_FEE_ORDER])
     for j in range(o.shape[0]):
         if math.isnan(o[j]):
             continue
@@ -272,7 +282,7 @@ def _fill_phase_nb(
             state.si[j, SI_PEND_DEC] = NEVER
             if pend > 0:
                 price = market_fill_price_nb(o[j], BUY, p[P_SLIP])
-                afford = math.floor((state.f[F_CASH] - p[P_FEE_ORDER]) / (price + p[P_FEE_SHARE]))
+                afford = math.floor((state.f[F_CASH] + owed - p[P_FEE_ORDER]) / (price + p[P_FEE_SHARE]))
                 qty = min(pend, float(afford))
                 if qty >= 1.0:
                     fee = order_fee_nb(qty, p[P_FEE_SHARE], p[P_FEE_ORDER])
@@ -286,6 +296,11 @@ def _fill_phase_nb(
                     _record_order_nb(ob_i, ob_f, n_orders, stats, t, dec, j, BUY, qty, price, fee, reason)
             elif state.sf[j, SF_QTY] > 0:
                 price = market_fill_price_nb(o[j], SELL, p[P_SLIP])
+                q = state.sf[j, SF_QTY]
+                owed -= q * price - order_fee_nb(q, p[P_FEE_SHARE], p[P_FEE_ORDER])
+                n_owed -= 1
+                if n_owed == 0:
+                    owed = 0.0  # every sale booked: no rounding left to spend
                 _close_position_nb(state, j, price, p, stats, ob_i, ob_f, n_orders, t, dec, reason)
                 closed += 1
     for j in range(o.shape[0]):
@@ -512,8 +527,7 @@ def _triggers_nb(
         flip_flop = act > 0 and flips / act >= p[P_RB_FLIP_RATE]
         if stop_out or flip_flop:
             before = _effective_nb(state)
-            if state.f[F_E_DELTA] < 0.0:  # shrink a relaxing delta toward 0
-                state.f[F_E_DELTA] *= p[P_RB_SHRINK]
+            state.f[F_E_DELTA] *= p[P_RB_SHRINK]  # "shrink": toward 0, whatever the delta's sign
             state.f[F_E_COOLDOWN] = max(state.f[F_E_COOLDOWN], p[P_RB_COOLDOWN])
             state.f[F_E_LOCK] = max(state.f[F_E_LOCK], p[P_RB_LOCK])
             state.i[I_FIRED_1H] = 1
@@ -598,7 +612,8 @@ def step_nb(
         placed = False
         if p[P_FLATTEN] > 0 and mtc <= p[P_FLATTEN]:
             placed = _exit_nb(state, j, now, C.ORDER_FLATTEN)
-        elif p[P_MAX_HOLD] > 0 and now - state.si[j, SI_ENTRY_T] >= p[P_MAX_HOLD] * 60:
+        elif p[P_MAX_HOLD] > 0 and state.si[j, SI_ENTRY_T] != NEVER and now - state.si[j, SI_ENTRY_T] >= \
+                p[P_MAX_HOLD] * 60:  # from the fill; a position found at the broker has no known fill
             placed = _exit_nb(state, j, now, C.ORDER_MAX_HOLD)
         if placed and s.tier[j] == C.TIER_ETF:
             state.si[j, SI_LAST_ORDER] = now  # the ETF lock follows every order in the ETF
@@ -710,8 +725,9 @@ def step_nb(
         decisions[e] = code
         dscore[e] = mean
         counts[code] += 1
-    # -- signals and flip-flops of this bar (SPEC §8: a signal reversing the ticker's previous one
-    #    within flip_window_s), then the trigger windows and the rollback triggers
+    # -- flip-flops of this bar (SPEC §8: a signal - entry, exit or evidence - reversing the ticker's
+    #    previous one within flip_window_s) and its actionable signals (entries: the rate's denominator,
+    #    as research.kpis counts it), then the trigger windows and the rollback triggers
     act = 0
     flips = 0
     for j in range(n_sym):
@@ -719,7 +735,8 @@ def step_nb(
         d = 1 if code == C.ACTIONABLE else (-1 if (code == C.EXIT_SIGNAL or code == C.EVIDENCE) else 0)
         if d == 0:
             continue
-        act += 1
+        if d > 0:
+            act += 1
         last_d = state.si[j, SI_FLIP_DIR]
         if last_d != 0 and d != last_d and now - state.si[j, SI_FLIP_T] <= p[P_FLIP_WIN]:
             flips += 1

@@ -91,6 +91,38 @@ def test_frames_rebuild_the_kernels_equity_and_sessions_add_up(two_sessions) -> 
     assert len(run.triggers) == len(fired) and (run.triggers["time"].to_numpy() == fired["time"].to_numpy()).all()
 
 
+@pytest.mark.parametrize("flip_window_s", [600.0, 120.0])
+def test_flip_flop_rate_is_flip_flops_over_the_actionable_signals_shown(two_sessions, flip_window_s: float) -> None:
+    """SPEC §8: flip-flop rate = flip-flops (a ticker's signal - entry, exit or evidence - reversing its
+    previous one within the parameters' flip window) / actionable signals (entries), re-derived per
+    session from the kernel's decisions with a plain loop."""
+    from strategies import codes as C
+
+    panel, events = two_sessions
+    p = Params.preset("relaxed").replace(flip_window_s=flip_window_s)
+    run = compare.run_mode("relaxed", p, panel, events)
+    kernel = TieredBasketStrategy(p).run(panel, [p], events=events, record=True)
+    sessions, _, _ = compare.session_kpis(run)
+    dec = kernel.decisions[0]
+    secs = kernel.index.as_unit("s").asi8 + 60
+    day = kernel.index.tz_convert("America/New_York").date
+    for rec in sessions.itertuples():
+        rows = np.flatnonzero(day == rec.session.date())
+        n_act = flips = 0
+        last: dict[int, tuple[int, int]] = {}
+        for t in rows:
+            for j, code in enumerate(dec[t]):
+                d = 1 if code == C.ACTIONABLE else (-1 if code in (C.EXIT_SIGNAL, C.EVIDENCE) else 0)
+                if d == 0:
+                    continue
+                n_act += d > 0
+                if j in last and last[j][0] != d and secs[t] - last[j][1] <= p.flip_window_s:
+                    flips += 1
+                last[j] = (d, int(secs[t]))
+        assert (rec.actionable, rec.flip_flops) == (n_act, flips) and n_act > 0
+        assert rec.flip_flop_rate == pytest.approx(rec.flip_flops / rec.actionable)
+
+
 def test_cli_compares_three_ways_and_writes_report_and_tables(home: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     tuned = tmp_path / "tight.toml"

@@ -252,7 +252,7 @@ def _expected_triggers(res: RunResult, inputs: BarInputs, p: Params) -> list[tup
 
     direction = _DIRECTION[res.decisions[0]]
     flips = flip_flops_nb(direction, inputs.close_epoch, int(p.flip_window_s)).sum(axis=1)
-    signals = (direction != 0).sum(axis=1)
+    signals = (direction > 0).sum(axis=1)  # actionable signals (entries): the flip-flop rate's denominator
     o = res.orders
     closed = np.bincount(o["bar"][o["side"] < 0], minlength=T)
     stops = np.bincount(o["bar"][(o["side"] < 0) & (o["reason"] == C.ORDER_STOP)], minlength=T)

@@ -94,19 +94,37 @@ def test_the_1h_trigger_fires_again_in_the_next_session_only() -> None:
 # ---- 1 h trigger: flip-flop rate ----------------------------------------------------------------
 
 def test_flip_flop_rate_fires_the_1h_trigger_when_it_reaches_25_percent() -> None:
-    scores = [(0, s, -0.6) for s in ("NVDA", "TSLA", "AAPL", "MSFT")] + [(1, "AMZN", -0.6), (1, "META", -0.6)]
-    scores += [(2, "NVDA", 0.6),  # 7 signals, 1 flip-flop: 14 %
-               (3, "TSLA", 0.6),  # 8 signals, 2 flip-flops: 25 %: fires
-               (4, "AAPL", 0.43)]  # relaxed cutoff 0.42, shrunk 0.435
+    # SPEC §8: flip-flop rate = flip-flops / actionable signals (entries, as research.kpis counts them)
+    scores = [(0, s, 0.6) for s in ("NVDA", "TSLA", "AAPL", "MSFT")]  # 4 actionable, no flip-flop: 0 %
+    scores += [(2, "NVDA", -0.6),  # an exit signal reversing NVDA's entry 120 s ago: 1 / 4 = 25 %: fires
+               (3, "AMZN", 0.43)]  # relaxed cutoff 0.42, shrunk 0.435
     inputs = make_inputs(6, scores)
-    res = _both(strategy(mode="relaxed", rollback_1h=True), inputs)
-    twin = _both(strategy(mode="relaxed"), inputs)
-    assert _fired(res, "rollback_1h") == [3]
+    res = _both(strategy(mode="relaxed", rollback_1h=True, max_concurrent_risk=0.1), inputs)
+    twin = _both(strategy(mode="relaxed", max_concurrent_risk=0.1), inputs)
+    assert _fired(res, "rollback_1h") == [2]
     ev = res.triggers_frame(0).iloc[0]
-    assert (ev["actionable"], ev["flip_flops"], ev["flip_flop_rate"]) == (8, 2, 0.25)
-    np.testing.assert_array_equal(res.decisions[0][:4], twin.decisions[0][:4])
-    assert decision(twin.decisions[0], 4, "AAPL") == "actionable"
-    assert decision(res.decisions[0], 4, "AAPL") == "below_cutoff"
+    assert (ev["actionable"], ev["flip_flops"], ev["flip_flop_rate"]) == (4, 1, 0.25)
+    np.testing.assert_array_equal(res.decisions[0][:3], twin.decisions[0][:3])
+    assert decision(res.decisions[0], 2, "NVDA") == "exit_signal"
+    assert decision(twin.decisions[0], 3, "AMZN") == "actionable"
+    assert decision(res.decisions[0], 3, "AMZN") == "below_cutoff"
+
+
+def test_the_1h_trigger_halves_a_positive_cutoff_delta_toward_zero_too() -> None:
+    # SPEC §8: "shrink" halves cutoff_delta toward 0, whatever its sign: +0.04 -> +0.02
+    scores = [(0, s, 0.6) for s in ("NVDA", "TSLA", "AAPL", "MSFT")]
+    scores += [(2, "NVDA", -0.6),  # 1 flip-flop / 4 actionable at bar 2: fires
+               (3, "AMZN", 0.48)]  # cutoff 0.45 + 0.04 = 0.49; halved delta: 0.47
+    gates = {"cooldown_s": 0.0, "direction_lock_s": 0.0, "delta_window": False, "cutoff_delta": 0.04,
+             "max_concurrent_risk": 0.1}
+    inputs = make_inputs(6, scores)
+    res = _both(strategy(rollback_1h=True, **gates), inputs)
+    twin = _both(strategy(**gates), inputs)
+    assert _fired(res, "rollback_1h") == [2]
+    ev = res.triggers_frame(0).iloc[0]
+    assert (ev["cutoff_delta_before"], ev["cutoff_delta_after"]) == (0.04, 0.02)
+    assert decision(twin.decisions[0], 3, "AMZN") == "below_cutoff"
+    assert decision(res.decisions[0], 3, "AMZN") == "actionable"
 
 
 def test_a_reversal_after_the_flip_window_is_no_flip_flop() -> None:

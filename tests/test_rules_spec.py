@@ -124,6 +124,43 @@ def test_cash_freed_by_an_in_bar_stop_never_pays_a_fill_at_that_open(tier_a: tup
     assert _cash_binding_run(tier_a) == np.floor(1_000.0 / (100.0 * 1.0002))  # 9 shares, whatever the columns
 
 
+def _open_sell_funds_open_buy(tier_a: tuple[str, ...]) -> float:
+    """NVDA's pending market sell of 90 and TSLA's pending buy of 30 both fill at bar 1's open, with
+    $100 of cash before the open. Returns TSLA's fill qty."""
+    p = Params.preset("default").replace(tier_a=tier_a)
+    strat = TieredBasketStrategy(p)
+    col = {s: j for j, s in enumerate(p.universe)}
+    n = len(p.universe)
+    inputs = make_inputs(3)
+    perm = [UNIVERSE.index(s) for s in p.universe]
+    inputs = dataclasses.replace(inputs, symbols=p.universe, open=inputs.open[:, perm], high=inputs.high[:, perm],
+                                 low=inputs.low[:, perm], close=inputs.close[:, perm],
+                                 scores=np.full((3, n), np.nan), events=np.zeros((3, n), dtype=bool))
+    state = strat.new_state(10_000.0)
+    nv, ts = col["NVDA"], col["TSLA"]
+    state.f[K.F_CASH] = 100.0
+    state.sf[nv, [K.SF_QTY, K.SF_ENTRY, K.SF_STOP, K.SF_TP, K.SF_LAST, K.SF_COST]] = (90, 100, 98.5, 103, 100, 9000)
+    state.si[nv, K.SI_ENTRY_T] = inputs.close_epoch[0] - 60
+    for j, qty, reason in ((nv, -90.0, C.ORDER_EXIT_SIGNAL), (ts, 30.0, C.ORDER_ENTRY)):
+        state.sf[j, K.SF_PENDING] = qty
+        state.si[j, K.SI_PEND_REASON] = reason
+        state.si[j, K.SI_PEND_DEC] = inputs.close_epoch[0]
+    state.i[K.I_DAY] = inputs.day[0]
+    log = strat.walk(inputs, state, 1, 2)
+    got = {(p.universe[o["col"]], C.ORDER_REASON_NAMES[int(o["reason"])]): float(o["qty"]) for o in log.orders}
+    assert got[("NVDA", "exit_signal")] == 90
+    assert state.f[K.F_CASH] >= 0
+    return got.get(("TSLA", "entry"), 0.0)
+
+
+@pytest.mark.parametrize("tier_a", [("NVDA", "TSLA", "AAPL"), ("TSLA", "NVDA", "AAPL")])
+def test_a_market_sell_at_the_open_pays_a_market_buy_at_that_open_whatever_the_columns(
+        tier_a: tuple[str, ...]) -> None:
+    # SPEC §5b: every pending market order fills at the open, together; only cash an in-bar stop frees
+    # is out of reach of the open. $100 + 90 x 99.98 covers 30 x 100.02, whichever column comes first.
+    assert _open_sell_funds_open_buy(tier_a) == 30
+
+
 # ---- d) a position without a stop counts qty x last x stop_loss_pct --------------------------------
 
 def _held_without_stop(strat: TieredBasketStrategy, sym: str, qty: float, price: float = 100.0) -> K.State:
@@ -148,6 +185,16 @@ def test_a_position_without_a_stop_counts_its_risk_and_entries_go_on() -> None:
     assert float(nvda["qty"][0]) == 23
     _n_open, exposure, risk = K._book_nb(state, param_matrix([strat.params])[0])
     assert not np.isnan(risk) and not np.isnan(exposure)
+
+
+def test_max_hold_never_sells_a_position_whose_fill_is_unknown() -> None:
+    # SPEC §5b measures max hold from the fill; a position found at the broker has no known fill, so it
+    # is not "held for ever": it stays until an exit rule that needs no fill time (flatten, stop, signal)
+    strat = strategy(max_hold_minutes=30)
+    log = strat.walk(make_inputs(3), _held_without_stop(strat, "MSFT", 10))
+    assert len(log.orders) == 0
+    log = strat.walk(make_inputs(4, minutes_to_close=[7, 6, 5, 4]), _held_without_stop(strat, "MSFT", 10))
+    assert [C.ORDER_REASON_NAMES[int(o["reason"])] for o in log.orders] == ["flatten"]
 
 
 def test_risk_summary_of_a_position_without_a_stop_is_a_number_and_blocked_when_over() -> None:
