@@ -315,7 +315,8 @@ def summary_text(bt: BacktestResult) -> str:
         lines.append(f"LLM gate (SPEC §7): {bt.llm.get('llm_policy', 'off')}")
         for k, v in bt.llm.items():
             if k not in ("llm_policy", "llm_note"):
-                lines.append(f"  {k:<{width}}  {kpis.fmt_value(k, v)}")
+                shown = f"{v:.6f}" if k == "llm_cost" else kpis.fmt_value(k, v)  # cents hide one call's cost
+                lines.append(f"  {k:<{width + 4}}  {shown}")
         if bt.llm.get("llm_note"):
             lines.append(f"  warning: {bt.llm['llm_note']}")
     lines.append("suppression breakdown")
