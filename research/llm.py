@@ -128,7 +128,24 @@ def run_policy(strategy: Any, panel: Any, params: Any, events: pd.DataFrame | No
     calls = res.calls if res is not None else np.zeros(len(inputs.index), dtype=np.int64)
     out.extras["llm_calls"] = np.array([float(calls.sum())])
     out.extras["llm_calls_bar"] = calls[None, :].astype(np.int64)
-    return out, llm_kpis(res, pol)
+    figs = llm_kpis(res, pol)
+    figs["llm_note"] = f"{LOOKAHEAD_WARNING} {answer_sources(str(parse_policy(policy)[1]))}"
+    return out, figs
+
+
+def answer_sources(path: str) -> str:
+    """Where a recorded-answers file's answers came from, in a sentence (live ones carry no look-ahead)."""
+    import json
+
+    sources: dict[str, int] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            src = str(json.loads(line).get("source", "unknown"))
+            sources[src] = sources.get(src, 0) + 1
+    live = sources.pop("live", 0)
+    later = sum(sources.values())
+    return (f"This file: {live} answers recorded live, {later} recorded after the fact"
+            f"{' (' + ', '.join(f'{k}: {v}' for k, v in sorted(sources.items())) + ')' if later else ''}.")
 
 
 def llm_kpis(res: GateResult | None, policy: str) -> dict[str, Any]:

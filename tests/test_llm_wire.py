@@ -113,6 +113,7 @@ def test_kpis_hourly_and_report_say_which_policy_ran(catalog: Catalog, answers: 
     page = html.read_text()
     assert f"recorded answers from {answers}" in page and 'id="llm-lookahead"' in page
     assert "LLM look-ahead: answers recorded after the fact" in page
+    assert f"This file: 0 answers recorded live, {n_lines} recorded after the fact (record: {n_lines})." in page
 
     off, off_html = run_job("relaxed", START, END, out=str(tmp_path / "runs"))
     assert off.signals["llm_calls"] == 0 and off.signals["llm_cost"] == 0 and (off.hourly["llm_calls"] == 0).all()
