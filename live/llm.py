@@ -216,3 +216,24 @@ class LiveLlm:
             row[req.col], called = self.gate.review(req, min_score, self.ask)
             calls += int(called)
         return row, calls
+
+
+def live_llm_from_env(params: Any, redis: Any, prefix: str = "tierlab:", env: dict[str, str] | None = None,
+                      log: Callable[..., Any] | None = None) -> LiveLlm | None:
+    """The live runner's LLM gate: on only when OPENAI_BASE_URL and TIERLAB_LLM_MODEL are both set, else None.
+
+    Every answer is appended to TIERLAB_LLM_ANSWERS (default $TIERLAB_HOME/llm/answers.jsonl), the
+    file a backtest of the session replays with `--llm recorded:FILE` (no LLM look-ahead: asked live).
+    """
+    env = dict(os.environ) if env is None else env
+    model = env.get("TIERLAB_LLM_MODEL", "").strip()
+    if not (env.get("OPENAI_BASE_URL", "").strip() and model):
+        return None
+    from pathlib import Path
+
+    from tierlab.paths import tierlab_home
+
+    path = Path(env.get("TIERLAB_LLM_ANSWERS", "").strip() or tierlab_home() / "llm" / "answers.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = LlmGateConfig.for_params(params)
+    return LiveLlm(cfg, redis, path, prefix=f"{prefix}llm:", reviewer=Reviewer(cfg, model=model, log=log), log=log)

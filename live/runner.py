@@ -174,6 +174,7 @@ class Runner:
             inp = self.strategy.prepare(self.bars.panel(lo, r), self.events)
         finally:
             numba.set_num_threads(prev)
+        self._window = inp  # decide's LLM gate reviews this window's newest bar
         return inp.scores[-1].copy(), inp.events[-1].copy()
 
     def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray, llm_calls: int = 0) -> Step:
@@ -205,7 +206,17 @@ class Runner:
         t = b.index[r]
         score, ev = self._inputs(r)
         before = state_to_bytes(self.state)
-        st = self._step(r, score, ev, self.pvec)
+        if "llm" not in self.__dict__:  # the LLM gate: off unless OPENAI_BASE_URL and TIERLAB_LLM_MODEL are set
+            from live.llm import live_llm_from_env
+
+            self.llm = live_llm_from_env(self.params, self.store.r, self.store.keys.prefix, log=log.info)
+        llm_calls = 0
+        if self.llm is not None and (ev & np.isfinite(score)).any():
+            dry = self._step(r, score, ev, self.pvec)  # the threshold this bar's decision uses (SPEC §8), from
+            min_score = float(K.decision_llm_min_nb(self.state, dry.events, 0, len(dry.events)))  # the kernel
+            self.state = state_from_bytes(before)
+            score, llm_calls = self.llm.step_inputs(self._window, self.events, min_score)
+        st = self._step(r, score, ev, self.pvec, llm_calls=llm_calls)
         if self.budget is not None:
             st = self._within_budget(r, t, before, score, ev, st)
         dec, stats, oi, of = st.decisions, st.stats, st.oi, st.of
@@ -220,7 +231,7 @@ class Runner:
         record = {"t": int(t.value // 1_000_000_000), "codes": dec.tolist(), "scores": score.tolist(),
                   "dscores": st.dscore.tolist(), "tok": st.tok.tolist(), "events": st.events.tolist(),
                   "fills": fills, "equity": float(K.equity_nb(self.state)), "cash": float(self.state.f[K.F_CASH]),
-                  "stats": stats.tolist()}
+                  "stats": stats.tolist(), "llm_calls": llm_calls}
         summary = self.summary(t, dec, score)
         self._persist(int(t.value // 1_000_000_000), before, record, signals, summary)
         m = Minute(t, dec, score, fills, signals, time.perf_counter() - t0)

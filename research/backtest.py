@@ -11,7 +11,7 @@ hundreds of sets over a year of minute bars. The single-set `backtest` uses the 
 its vectorbt Portfolio is checked against the rules' own cash and equity to the cent.
 
 CLI: `python -m research.backtest --mode default|relaxed [--start D] [--end D] [--symbols A,B]
-[--params FILE] [--out DIR]` on the catalog (the bundled sample is written only into an empty one);
+[--params FILE] [--out DIR] [--llm off|recorded:FILE]` on the catalog (the bundled sample is written only into an empty one);
 errors print one line.
 Each run writes its own folder under --out (research/runs.py): report.html, orders.parquet,
 decisions.parquet, params.toml, meta.json; `<out>/latest` points at the newest. Parameters: the
@@ -65,6 +65,7 @@ class BacktestResult:
     decisions: pd.DataFrame
     seconds: float = 0.0
     risk_free: float = 0.0
+    llm: dict[str, Any] = field(default_factory=dict)  # research.llm.llm_kpis: policy, note, counters
     _replay: Replay | None = field(default=None, repr=False)
 
     @property
@@ -124,35 +125,45 @@ def backtest(
     progress: bool = False,
     risk_free: float = 0.0,
     vectorbt: bool = True,
+    llm: str | None = "off",
 ) -> BacktestResult:
     """Run one parameter set over `panel`, compute every KPI and (with `vectorbt`) replay its fills.
 
     `progress` shows a tqdm bar over the stages (rules, portfolio, KPIs) on stderr. With
     `vectorbt=False` the replay is left for first use of `.replay` (the CLI's report reads the
     rules' own equity, equal to the replay's to the cent, and so starts without vectorbt).
-    `risk_free` is an annual rate for Sharpe and Sortino.
+    `risk_free` is an annual rate for Sharpe and Sortino. `llm` is `off` (no review: today's run) or
+    `recorded:FILE` (the LLM gate answers from a recorded-answers file, research/llm.py).
     """
     from tqdm.auto import tqdm
 
+    from research.llm import llm_kpis, parse_policy, run_policy
+
     t0 = time.perf_counter()
     params = strategy.params if params is None else params
+    kind, _ = parse_policy(llm)
     bar = tqdm(total=3, desc="rules", unit="stage", disable=not progress, leave=False)
     with bar:
-        result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
+        if kind == "off":
+            result = strategy.run(panel, [params], events=events, init_cash=init_cash, record=True, progress=progress)
+            llm_figs = llm_kpis(None, "off")
+        else:
+            result, llm_figs = run_policy(strategy, panel, params, events, llm, init_cash=init_cash)
         bar.update()
         bar.set_description("portfolio + KPIs")
-        bt = evaluate(strategy.name, params, panel, result, risk_free=risk_free, vectorbt=vectorbt)
+        bt = evaluate(strategy.name, params, panel, result, risk_free=risk_free, vectorbt=vectorbt, llm=llm_figs)
         bar.update(2)
     bt.seconds = time.perf_counter() - t0
     return bt
 
 
 def evaluate(strategy_name: str, params: Any, panel: Panel, result: RunResult, seconds: float = 0.0, *,
-             risk_free: float = 0.0, vectorbt: bool = True) -> BacktestResult:
+             risk_free: float = 0.0, vectorbt: bool = True, llm: dict[str, Any] | None = None) -> BacktestResult:
     """Compute every KPI and tidy frame of a one-set RunResult (and, with `vectorbt`, its replay).
 
     The backtest calls it on `strategy.run`'s result; the live runner's report on a RunResult built
-    from the broker's fills and the runner's decisions, so both read the same way.
+    from the broker's fills and the runner's decisions, so both read the same way. `llm` (research.llm
+    .llm_kpis) adds the LLM gate's counters to the signal KPIs and its policy to the report.
     """
     import numpy as np
     import pandas as pd
@@ -169,6 +180,8 @@ def evaluate(strategy_name: str, params: Any, panel: Panel, result: RunResult, s
         metrics[key] = int(metrics[key])
     metrics["slippage_cost"] = kpis.slippage_cost(result, panel.open, 0)
     signals = kpis.signal_kpis(result, trades, 0)
+    signals.update({k: v for k, v in (llm or {}).items() if k.startswith(("llm_", "skipped_llm_"))
+                    and k not in ("llm_policy", "llm_note", "llm_calls")})
     hourly = kpis.hourly_kpis(result, trades, 0)
     sym = np.asarray(result.symbols, dtype=object)
     trades = trades.assign(
@@ -181,7 +194,7 @@ def evaluate(strategy_name: str, params: Any, panel: Panel, result: RunResult, s
     return BacktestResult(
         strategy=strategy_name, params=params, panel=panel, result=result, metrics=metrics,
         signals=signals, hourly=hourly, trades=trades, orders=result.orders_frame(0), decisions=decisions,
-        seconds=seconds, risk_free=risk_free, _replay=rp,
+        seconds=seconds, risk_free=risk_free, llm=dict(llm or {}), _replay=rp,
     )
 
 
@@ -210,6 +223,7 @@ def run_grid(
     init_cash: float = 10_000.0,
     progress: bool = False,
     chunk: int = 128,
+    llm: str | None = "off",
 ) -> GridResult:
     """Run N parameter sets as N columns and return one tidy metrics row per set plus equity curves.
 
@@ -218,16 +232,22 @@ def run_grid(
     once per chunk and no chunk is split and merged again. Metrics come from the RunResult
     equity/cash and orders (see the module docstring for why not a vectorbt Portfolio), in the
     caller's set order. Parameters that differ between sets are added as columns of `metrics`.
+    `llm`: `off`, or `recorded:FILE` for a single set (gate + kernel, research.llm.run_policy).
     """
     import numpy as np
     import pandas as pd
 
     from research import kpis
+    from research.llm import parse_policy, run_policy
 
     t0 = time.perf_counter()
     param_sets = list(param_sets)
     if not param_sets:
         raise ConfigError("run_grid: param_sets is empty")
+    llm_off = parse_policy(llm)[0] == "off"
+    if not llm_off and len(param_sets) > 1:
+        raise ConfigError(f"--llm {llm}: a grid of {len(param_sets)} sets shares one score computation, so it runs "
+                          "with --llm off only; run recorded answers one set at a time")
     parts = [g[a : a + chunk] for g in score_groups(strategy, param_sets) for a in range(0, len(g), chunk)]
     tables, curves, order = [], [], []
     iterator: Any = parts
@@ -239,8 +259,11 @@ def run_grid(
     keep = ["signals_generated", "suppressed_total", "actionable", "strong_signal_rate",
             "token_overflow_rate", "direction_lock_hits", "llm_calls"]
     for ks in iterator:
-        result = strategy.run(panel, [param_sets[k] for k in ks], events=events, init_cash=init_cash,
-                              record=False, progress=False)
+        if llm_off:
+            result = strategy.run(panel, [param_sets[k] for k in ks], events=events, init_cash=init_cash,
+                                  record=False, progress=False)
+        else:  # one set: the gate's per-bar threshold needs the kernel's recorded llm_min_score
+            result = run_policy(strategy, panel, param_sets[ks[0]], events, llm, init_cash=init_cash)[0]
         aligned = _align(panel, result)
         trades = kpis.round_trips(result, aligned.low, aligned.high, aligned.close)
         m = kpis.metrics(result, aligned.low, aligned.high, aligned.close, trades=trades)
@@ -288,6 +311,14 @@ def summary_text(bt: BacktestResult) -> str:
               "flip_flops", "flip_flop_rate", "direction_lock_hits", "token_overflow_rate", "llm_calls",
               "stop_out_rate", "mae_median", "mfe_median"):
         lines.append(f"  {k:<{width}}  {kpis.fmt_value(k, bt.signals.get(k, np.nan), reasons.get(k))}")
+    if bt.llm:
+        lines.append(f"LLM gate (SPEC §7): {bt.llm.get('llm_policy', 'off')}")
+        for k, v in bt.llm.items():
+            if k not in ("llm_policy", "llm_note"):
+                shown = f"{v:.6f}" if k == "llm_cost" else kpis.fmt_value(k, v)  # cents hide one call's cost
+                lines.append(f"  {k:<{width + 4}}  {shown}")
+        if bt.llm.get("llm_note"):
+            lines.append(f"  warning: {bt.llm['llm_note']}")
     lines.append("suppression breakdown")
     for row in bt.suppression_table().itertuples():
         lines.append(f"  {row.reason:<{width}}  {row.count:>8,}  {row.share:6.1%}")
@@ -372,19 +403,23 @@ def _env_mode() -> str:
 
 def run_job(mode: str | None = None, start: str | None = None, end: str | None = None,
             symbols: str | Sequence[str] | None = None, params_file: str | None = None, out: str = "reports",
-            risk_free: float = 0.0, argv: Sequence[str] | None = None) -> tuple[BacktestResult, Path]:
+            risk_free: float = 0.0, argv: Sequence[str] | None = None,
+            llm: str | None = "off") -> tuple[BacktestResult, Path]:
     """The `make backtest` job: sample catalog -> panel -> backtest -> summary, HTML, parquet files.
 
     Parameters: preset, then `params_file`, then `TIERLAB_<FIELD>` environment variables. The run's
-    files go to their own folder under `out` (research/runs.py); returns the report's path.
+    files go to their own folder under `out` (research/runs.py); returns the report's path. `llm`:
+    `off` or `recorded:FILE` (checked before any bars are read).
     """
     import pandas as pd
 
     from data.catalog import Catalog
     from data.sample import ensure_sample
+    from research.llm import parse_policy
     from strategies.params import Params
     from strategies.tiered_basket import TieredBasketStrategy
 
+    parse_policy(llm)  # a bad --llm is one line before the catalog is touched
     params = Params.load(mode or (None if params_file else _env_mode()), params_file)  # preset, file, TIERLAB_*
     symbols = ",".join(split_symbols(symbols)) if symbols is not None else None
     mode = params.mode
@@ -404,7 +439,7 @@ def run_job(mode: str | None = None, start: str | None = None, end: str | None =
     strategy = TieredBasketStrategy(params)
     with compile_notice():
         bt = backtest(strategy, panel, params, events=catalog.read_events(lo.date(), hi.date()),
-                      progress=len(panel.index) > 20_000, risk_free=risk_free, vectorbt=False)
+                      progress=len(panel.index) > 20_000, risk_free=risk_free, vectorbt=False, llm=llm)
     return bt, write_run(bt, catalog, out, argv=argv)
 
 
@@ -432,8 +467,11 @@ def write_run(bt: BacktestResult, catalog: Any = None, out: str | Path = "report
 
     lo, hi = bt.panel.index[0].tz_convert("America/New_York"), bt.panel.index[-1].tz_convert("America/New_York")
     mode = getattr(bt.params, "mode", None)
+    extra: dict[str, Any] = {"risk_free": bt.risk_free}
+    if bt.llm.get("llm_policy", "off") != "off":  # off runs keep today's settings (and hash)
+        extra["llm"] = bt.llm["llm_policy"]
     run = RunDir.create("backtest", mode=mode, start=lo, end=hi, params=bt.params, symbols=bt.panel.symbols,
-                        root=out, extra={"risk_free": bt.risk_free}, argv=argv)
+                        root=out, extra=extra, argv=argv)
     prov = provenance(catalog, bt.panel.symbols, lo.date(), hi.date()) if catalog is not None else {}
     if benchmark_close is None and catalog is not None and "QQQ" not in bt.panel.symbols:
         try:  # QQQ as a benchmark even when --symbols left it out of the universe
@@ -524,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="annual risk-free rate for Sharpe and Sortino, e.g. 0.04 (default 0)")
     ap.add_argument("--out", default="reports",
                     help="parent of the run folders (default: reports); each run writes its own folder")
+    ap.add_argument("--llm", default="off", metavar="off|recorded:FILE",
+                    help="LLM gate (SPEC §7): off (default, no review) or recorded:FILE, answers replayed from a "
+                         "recorded-answers file (python -m research.llm record, or a live session's)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return ap
 
@@ -533,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         bt, html = run_job(args.mode, args.start, args.end, args.symbols, args.params, args.out,
-                           risk_free=args.risk_free, argv=None if argv is None else ["research.backtest", *argv])
+                           risk_free=args.risk_free, argv=None if argv is None else ["research.backtest", *argv],
+                           llm=args.llm)
     except (TierlabError, KeyError, ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise

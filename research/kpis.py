@@ -391,7 +391,11 @@ def hourly_kpis(result: RunResult, trades: pd.DataFrame, set_: int = 0) -> pd.Da
         out["flip_flops"] = n_flip
         with np.errstate(divide="ignore", invalid="ignore"):  # SPEC §8: flip-flops / actionable signals
             out["flip_flop_rate"] = np.where(n_act > 0, n_flip / np.maximum(n_act, 1), np.nan)
-    out["llm_calls"] = 0.0 if "llm_calls" not in result.extras else np.nan
+    if "llm_calls_bar" in result.extras:  # per-bar LLM calls (research.llm.run_policy): summed per hour
+        per_bar = np.asarray(result.extras["llm_calls_bar"])[set_]
+        out["llm_calls"] = np.bincount(out.index.get_indexer(hours), weights=per_bar, minlength=len(out)).astype(np.int64)
+    else:
+        out["llm_calls"] = 0.0 if "llm_calls" not in result.extras else np.nan
     closed = trades[(trades["set"] == set_) & ~trades["is_open"]].copy()
     closed["ny_hour"] = hours[closed["exit_bar"].to_numpy()] if len(closed) else []
     g = closed.groupby("ny_hour")

@@ -119,6 +119,40 @@ def run_with_llm(strategy: Any, inputs: Any, events: pd.DataFrame | None, params
     return out, res, pol
 
 
+def run_policy(strategy: Any, panel: Any, params: Any, events: pd.DataFrame | None, policy: str | None,
+               *, init_cash: float = 10_000.0) -> tuple[Any, dict[str, Any]]:
+    """One set's recorded run under `--llm recorded:FILE`: gate + kernel (`run_with_llm`) and its LLM KPIs.
+
+    The RunResult carries `extras["llm_calls"]` (K,) and `extras["llm_calls_bar"]` (K, T) for the KPI
+    tables. The caller keeps `strategy.run` for `off`, so an off run is exactly today's.
+    """
+    if not hasattr(strategy, "prepare"):
+        raise ConfigError(f"--llm {policy}: strategy {type(strategy).__name__} has no LLM gate; use --llm off")
+    inputs = strategy.prepare(panel, events, params)
+    out, res, pol = run_with_llm(strategy, inputs, events, params, policy, init_cash=init_cash, record=True)
+    calls = res.calls if res is not None else np.zeros(len(inputs.index), dtype=np.int64)
+    out.extras["llm_calls"] = np.array([float(calls.sum())])
+    out.extras["llm_calls_bar"] = calls[None, :].astype(np.int64)
+    figs = llm_kpis(res, pol)
+    figs["llm_note"] = f"{LOOKAHEAD_WARNING} {answer_sources(str(parse_policy(policy)[1]))}"
+    return out, figs
+
+
+def answer_sources(path: str) -> str:
+    """Where a recorded-answers file's answers came from, in a sentence (live ones carry no look-ahead)."""
+    import json
+
+    sources: dict[str, int] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            src = str(json.loads(line).get("source", "unknown"))
+            sources[src] = sources.get(src, 0) + 1
+    live = sources.pop("live", 0)
+    later = sum(sources.values())
+    return (f"This file: {live} answers recorded live, {later} recorded after the fact"
+            f"{' (' + ', '.join(f'{k}: {v}' for k, v in sorted(sources.items())) + ')' if later else ''}.")
+
+
 def llm_kpis(res: GateResult | None, policy: str) -> dict[str, Any]:
     """The LLM figures for a backtest's KPIs: policy, calls, cache hits, skips by reason, tokens, cost."""
     c = res.counters if res is not None else {}

@@ -457,6 +457,7 @@ def provenance_html(bt: Any, provenance: Mapping[str, str] | None, meta: Mapping
         "symbols": " ".join(bt.panel.symbols),
         "initial cash": f"${bt.result.init_cash:,.2f}",
         "risk-free rate": f"{bt.risk_free:.2%} a year",
+        "LLM gate": llm_policy_text(bt),
         "command line": meta.get("command", "n/a"),
         "tierlab version": meta.get("tierlab_version", "n/a"),
         "settings hash": meta.get("settings_hash", "n/a"),
@@ -468,6 +469,26 @@ def provenance_html(bt: Any, provenance: Mapping[str, str] | None, meta: Mapping
     body = "".join(f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
                    for k, v in rows.items())
     return f'<h2>Provenance</h2>\n<table class="kpi" id="provenance"><tbody>{body}</tbody></table>'
+
+
+def llm_policy_text(bt: Any) -> str:
+    """Which LLM policy ran (SPEC §7): off, or recorded answers from which file."""
+    policy = (getattr(bt, "llm", None) or {}).get("llm_policy")
+    if policy is None:
+        return "not reported by this run"
+    policy = str(policy)
+    if policy.startswith("recorded:"):
+        return f"recorded answers from {policy[len('recorded:'):]} (--llm {policy})"
+    return "off: no LLM review, scores as computed (--llm off)" if policy == "off" else policy
+
+
+def llm_html(bt: Any) -> str:
+    """The policy line and, for recorded answers, the LLM look-ahead warning (research/llm.py)."""
+    llm = getattr(bt, "llm", None) or {}
+    text = f'<p class="note" id="llm-policy"><b>LLM gate:</b> {html.escape(llm_policy_text(bt))}.</p>'
+    if llm.get("llm_note"):
+        text += f'\n<p class="empty" id="llm-lookahead"><b>Warning:</b> {html.escape(str(llm["llm_note"]))}</p>'
+    return text
 
 
 def params_html(params: Any) -> str:
@@ -508,7 +529,7 @@ def write_report(bt: Any, path: str | Path, title: str = "tierlab backtest", *,
     reasons = kpis.nonfinite_reasons(bt.metrics, bt.signals)
     trades = trade_list(bt)
     why = empty_run_reason(bt)
-    sections = [headline_table(bt, curves)]
+    sections = [headline_table(bt, curves), llm_html(bt)]
     if why:
         sections.append(f'<p class="empty" id="empty"><b>No trades.</b> {html.escape(why)}</p>')
     sections.append(equity_figure(bt, curves))

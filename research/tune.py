@@ -226,7 +226,7 @@ def make_objective(problem: Problem, cfg: TuneConfig, worker: int = 0) -> Callab
 
 
 STUDY_SETTINGS = ("strategy", "objective", "date_range", "fold_plan", "purge_days", "holdout_days", "min_trades",
-                 "mode", "search_space", "base_params")
+                 "mode", "search_space", "base_params", "llm")
 _STATES = optuna.trial.TrialState
 _FINISHED = (_STATES.COMPLETE, _STATES.PRUNED, _STATES.FAIL)
 REDIS_PREFIX = "tierlab-optuna"
@@ -398,6 +398,8 @@ def study_settings(cfg: TuneConfig, problem: Problem) -> dict[str, Any]:
         "search_space": space,
         "base_params": extra.get("base_params"),
     }
+    if cfg.llm != "off":  # absent when off, so studies made before --llm resume unchanged
+        out["llm"] = cfg.llm
     return json.loads(json.dumps(out, default=repr))
 
 
@@ -714,7 +716,7 @@ def backtest_problem(cfg: TuneConfig) -> Problem:
 
     def evaluate(params: Any, sessions: range) -> WindowResult:
         sub = window_panel(panel, numbers, sessions)
-        grid = run_grid(strategy, sub, [params], events=events, init_cash=INIT_CASH)
+        grid = run_grid(strategy, sub, [params], events=events, init_cash=INIT_CASH, llm=cfg.llm)
         metrics = grid.metrics.iloc[0].to_dict()
         return WindowResult(metrics, session_returns(grid.equity.iloc[:, 0], INIT_CASH))
 

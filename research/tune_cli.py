@@ -40,8 +40,12 @@ class TuneConfig:
     fresh: bool = False
     out: str = "reports"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    llm: str = "off"  # --llm off|recorded:FILE: each trial's windows through the LLM gate (research.llm)
 
     def __post_init__(self) -> None:
+        from research.llm import parse_policy
+
+        parse_policy(self.llm)  # a bad value or a missing file: ConfigError naming --llm
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0),
@@ -93,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="last sessions kept from the optimizer and scored once for the best trial (0: none)")
     ap.add_argument("--fresh", action="store_true", help="delete an existing study of that name first")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+    ap.add_argument("--llm", default="off", metavar="off|recorded:FILE",
+                    help="LLM gate per trial: off (default) or recorded:FILE (answers replayed from the file)")
     ap.add_argument("--out", default=d.out,
                     help="parent of the run folders (default: reports); each study run writes its own folder")
     return ap
@@ -106,5 +112,5 @@ def parse_args(argv: Sequence[str] | None = None) -> TuneConfig:
         study=a.study or f"tierlab-{mode}", trials=a.trials, objective=a.objective, min_trades=a.min_trades,
         storage=a.storage, workers=a.workers, seed=a.seed, mode=mode, start=a.start, end=a.end,
         train_days=a.train_days, test_days=a.test_days, purge_days=a.purge_days, holdout_days=a.holdout_days,
-        fresh=a.fresh, progress=not a.no_progress, out=a.out,
+        fresh=a.fresh, progress=not a.no_progress, out=a.out, llm=a.llm,
     )

@@ -755,6 +755,16 @@ def step_nb(
         _triggers_nb(state, t, now, p, stats, ev_f, n_ev)
 
 
+@njit(cache=True)
+def decision_llm_min_nb(state: State, ev_f: np.ndarray, e0: int, e1: int) -> float:
+    """The llm_min_score a step's decision used, from the state after it and the events rows [e0, e1) it
+    fired: a rollback trigger at the bar's close applies from the next bar, so it reports its value before."""
+    for e in range(e0, e1):
+        if ev_f[e, EV_KIND] != C.TRIGGER_HARD:
+            return ev_f[e, EV_LLM_B]
+    return state.f[F_E_LLM_MIN]
+
+
 @njit(cache=True, parallel=True)
 def run_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, scores: np.ndarray,
@@ -762,14 +772,15 @@ def run_nb(
     ny_min: np.ndarray, llm_calls: np.ndarray, pmat: np.ndarray, s: Structure, init_cash: float,
     record_decisions: bool, order_capacity: int, event_capacity: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-           np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+           np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run every parameter set (rows of `pmat`) over all bars, side by side (prange over sets).
 
     Returns equity (T, K), cash (T, K), decisions (K, T, N) (or (K, 1, N) when not recorded),
     counts (K, codes), stats (K, N_STATS), order ints (K, cap, 5), order floats (K, cap, 3),
     order counts (K,), the basket mean scores of basket decisions (K, T, N) (or (K, 1, N)), the
     per-bar token wants / overflows per tier and fallbacks (K, T, 7) (or (K, 1, 7)), session events
-    (K, event_capacity, N_EV) and event counts (K,).
+    (K, event_capacity, N_EV), event counts (K,) and the effective llm_min_score at each bar's
+    decision (K, T) (or (K, 1)), the threshold the LLM gate must use at that bar.
     """
     t_total, n_sym = c.shape
     n_sets = pmat.shape[0]
@@ -782,6 +793,7 @@ def run_nb(
     toks = np.zeros((n_sets, dec_t, N_TOK), dtype=np.int64)
     ev_f = np.zeros((n_sets, event_capacity, N_EV))
     n_ev = np.zeros((n_sets, 1), dtype=np.int64)
+    llm_min = np.full((n_sets, dec_t), np.nan)
     counts = np.zeros((n_sets, C.N_DECISIONS), dtype=np.int64)
     stats = np.zeros((n_sets, N_STATS))
     ob_i = np.zeros((n_sets, order_capacity, 5), dtype=np.int64)
@@ -795,6 +807,7 @@ def run_nb(
         tok_row = np.zeros(N_TOK, dtype=np.int64)
         fresh = np.zeros(n_sym, dtype=np.bool_)
         for t in range(t_total):
+            ev0 = n_ev[k, 0]
             step_nb(state, t, o[t], h[t], low[t], c[t], scores[t], events[t], close_epoch, open_epoch[t], day[t],
                     mtc[t], ny_min[t], llm_calls[t], p, s, dec_row, dscore_row, tok_row, counts[k], stats[k], ob_i[k],
                     ob_f[k], n_orders[k], ev_f[k], n_ev[k], fresh)
@@ -802,6 +815,8 @@ def run_nb(
                 decisions[k, t] = dec_row
                 dscores[k, t] = dscore_row
                 toks[k, t] = tok_row
+                llm_min[k, t] = decision_llm_min_nb(state, ev_f[k], ev0, n_ev[k, 0])
             equity[t, k] = equity_nb(state)
             cash[t, k] = state.f[F_CASH]
-    return equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0], dscores, toks, ev_f, n_ev[:, 0]
+    return (equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders[:, 0], dscores, toks, ev_f, n_ev[:, 0],
+            llm_min)

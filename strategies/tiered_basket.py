@@ -230,7 +230,7 @@ class TieredBasketStrategy(Strategy):
     ) -> RunResult:
         """Run the kernel on prepared (or hand-made) inputs; all sets share `inputs.scores`."""
         plist = list(params_list) if params_list is not None else [self.params]
-        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders, dscores, toks, ev_f, n_ev = run_arrays(
+        equity, cash, decisions, counts, stats, ob_i, ob_f, n_orders, dscores, toks, ev_f, n_ev, llm_min = run_arrays(
             inputs, plist, structure(plist[0]), init_cash, record)
         orders = np.concatenate([_orders(k, ob_i[k], ob_f[k], int(n_orders[k])) for k in range(len(plist))])
         triggers = np.concatenate([_triggers(k, ev_f[k], int(n_ev[k])) for k in range(len(plist))])
@@ -241,6 +241,7 @@ class TieredBasketStrategy(Strategy):
             extras["token_wants_bar"] = toks[:, :, :3]
             extras["token_overflows_bar"] = toks[:, :, 3:6]
             extras["reserve_fallbacks_bar"] = toks[:, :, 6]
+            extras["llm_min_score"] = llm_min  # (K, T): the LLM gate's threshold per bar (SPEC §8 rollbacks)
         return RunResult(
             index=inputs.index, symbols=inputs.symbols, init_cash=float(init_cash), orders=orders, equity=equity,
             cash=cash, reason_counts=counts, decisions=decisions if record else None, scores=inputs.scores,

@@ -75,8 +75,8 @@ def test_redis_store_survives_a_restart(llm: Any, r: Any, redis_prefix: str, tmp
     # a new process (same Redis): the 10:10 repeat is still a cache hit and the day's count carries on
     second = LiveLlm(cfg, r, answers, prefix=redis_prefix, reviewer=Reviewer(cfg))
     t1 = bars["2024-11-04 10:10:20"]
-    window = dataclasses.replace(inp, **{f: getattr(inp, f)[: t1 + 1] for f in ("index", "scores", "events",
-                                                                               "close_epoch", "day")})
+    window = dataclasses.replace(inp, **{f: getattr(inp, f)[: t1 + 1] for f in (
+        "index", "scores", "events", "close_epoch", "day", "llm_calls")})  # every per-bar field: BarInputs checks
     row1, n1 = second.step_inputs(window, ev, 0.4)  # the runner's way: the newest bar of its window
     assert n1 == 0 and second.gate.counters["llm_cached"] == 1 and len(llm.seen) == 1
     j = inp.symbols.index("AMD")
