@@ -218,7 +218,7 @@ class Runner:
             score, llm_calls = self.llm.step_inputs(self._window, self.events, min_score)
         st = self._step(r, score, ev, self.pvec, llm_calls=llm_calls)
         if self.budget is not None:
-            st = self._within_budget(r, t, before, score, ev, st)
+            st = self._within_budget(r, t, before, score, ev, st, llm_calls)
         dec, stats, oi, of = st.decisions, st.stats, st.oi, st.of
         now = int(b.close_epoch[r])
         # the kernel's own fills (fill bar, decision bar: session rows; fees) -> the backtest's order rows
@@ -240,7 +240,7 @@ class Runner:
         return m
 
     def _within_budget(self, r: int, t: pd.Timestamp, before: bytes, score: np.ndarray, ev: np.ndarray,
-                       st: Step) -> Step:
+                       st: Step, llm_calls: int = 0) -> Step:
         """Take the tokens the step used from the account's shared bucket; on refusal re-run the step
         with the kernel's bucket sizes lowered to what the account has left (the arithmetic stays the
         kernel's). The op id makes a re-decided minute (after a crash) not pay twice.
@@ -260,7 +260,7 @@ class Runner:
             self.state = state_from_bytes(before)
             pvec = self.pvec.copy()
             pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
-            st = self._step(r, score, ev, pvec)
+            st = self._step(r, score, ev, pvec, llm_calls=llm_calls)  # the bar's LLM calls stay in the surge window
         raise RuntimeError(f"token budget: no consistent take after 5 attempts at {t}")
 
     def _signals(self, t: pd.Timestamp, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:
