@@ -270,6 +270,16 @@ class Runner:
         intents = {i.symbol: i for i in self.strategy.intents(self.state) if i.bar_time == when}
         out: list[dict[str, Any]] = []
         base = {"bar_time": t.isoformat(), "mode": p.mode, "strategy": self.strategy.name}
+        # the fills of this bar happened at its open, before the decisions at its close: re-anchor first, so an
+        # exit decided at this close (flatten, signal, max hold) cancels the re-anchored legs, not the reverse
+        for k in range(len(oi)):
+            j = int(oi[k, K.OI_COL])
+            if int(oi[k, K.OI_SIDE]) > 0 and self.state.sf[j, K.SF_QTY] > 0:
+                out.append({"kind": "protect", "symbol": self.symbols[j], "code": 0, "reason": "reanchor_exits",
+                            "score": "nan", **base, "client_order_id": "",
+                            "stop_loss": repr(float(self.state.sf[j, K.SF_STOP])),
+                            "take_profit": repr(float(self.state.sf[j, K.SF_TP])),
+                            "qty": repr(float(self.state.sf[j, K.SF_QTY]))})
         for j, sym in enumerate(self.symbols):
             code = int(dec[j])
             it = intents.pop(sym, None)
@@ -283,14 +293,6 @@ class Runner:
                 if code == C.NOT_EVALUATED:
                     s["reason"] = it.intent
             out.append(s)
-        for k in range(len(oi)):
-            j = int(oi[k, K.OI_COL])
-            if int(oi[k, K.OI_SIDE]) > 0 and self.state.sf[j, K.SF_QTY] > 0:
-                out.append({"kind": "protect", "symbol": self.symbols[j], "code": 0, "reason": "reanchor_exits",
-                            "score": "nan", **base, "client_order_id": "",
-                            "stop_loss": repr(float(self.state.sf[j, K.SF_STOP])),
-                            "take_profit": repr(float(self.state.sf[j, K.SF_TP])),
-                            "qty": repr(float(self.state.sf[j, K.SF_QTY]))})
         return out
 
     def _persist(self, bar_epoch: int, before: bytes, record: dict, signals: list[dict], summary: dict) -> None:

@@ -82,3 +82,36 @@ def test_newest_score_row_equals_vectorized_score(redis_url: str) -> None:
     finally:
         lv.store.delete_all()
         sim.stop()
+
+
+def test_entry_filled_the_bar_before_flatten_is_flattened(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole sample session whose last entry fills one bar before the session-end flatten: the runner
+    re-anchors that entry's exits before the flatten sells it (once the reverse order cancelled the flatten
+    and the position stayed open at the close)."""
+    from data.catalog import Catalog
+    from data.sample import ensure_sample
+    from strategies.params import Params
+
+    home = tmp_path_factory.mktemp("parity_home")
+    monkeypatch.setenv("TIERLAB_HOME", str(home))
+    cat = ensure_sample(Catalog(home / "catalog"))
+    p = Params.preset("default")
+    day = "2024-10-25"
+    panel = cat.read_panel(list(p.universe), day, day)
+    events = cat.read_events(day, day)
+    bt_orders, _ = expected(panel, events, p)
+    flat = bt_orders[bt_orders["reason"] == "flatten"]
+    entries = bt_orders[bt_orders["reason"] == "entry"]
+    assert any(((entries["symbol"] == f.symbol) & (entries["time"] == f.time - pd.Timedelta(minutes=1))).any()
+               for f in flat.itertuples()), "the case needs an entry filled the bar before its flatten"
+    sim = start_sim(panel, p)
+    lv = wire(sim, redis_url, p, events)
+    lv.executor.tick_round = False
+    try:
+        assert run_live(lv) == "done"
+        live_orders, _ = live_frames(lv)
+        assert order_rows(live_orders) == order_rows(bt_orders)
+    finally:
+        lv.store.delete_all()
+        sim.stop()
