@@ -52,7 +52,7 @@ def _dry_run(cat: Catalog, mode: str, redis_url: str, out: Path) -> Path:
 
 
 def _out(parent: Path) -> Path:
-    (d,) = [x for x in parent.iterdir() if x.name.startswith("compare-")]
+    (d,) = [x for x in parent.iterdir() if x.name.startswith("compare-") and not x.is_symlink()]  # not -latest
     return d
 
 
