@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import ipaddress
 import json
 import math
 import socket
@@ -22,8 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from live.metrics import RunnerMetrics
-from tierlab.errors import ConfigError
 from tierlab.log import get_logger
+from tierlab.net import loopback_host
 
 log = get_logger(__name__)
 
@@ -41,18 +40,6 @@ class StatusSnapshot:
     feed_lag_s: float | None  # seconds since the newest bar closed; None before the first bar
     portfolio: dict[str, Any]  # strategy.risk_summary(state), optionally with positions, P&L, tokens...
     info: dict[str, Any] = field(default_factory=dict)  # mode, strategy, account, session...
-
-
-def _loopback(host: str) -> str:
-    if host == "localhost":
-        return "127.0.0.1"
-    try:
-        ok = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"the status server binds to loopback only (127.0.0.1 or ::1); refusing host {host!r}")
-    return host
 
 
 def _json_safe(x: Any) -> Any:
@@ -83,7 +70,7 @@ class StatusServer:
                  port: int = 0, max_feed_lag_s: float = 120.0, snapshot_timeout_s: float = 2.0) -> None:
         self.snapshot = snapshot
         self.metrics = metrics
-        self.host = _loopback(host)
+        self.host = loopback_host(host, "the status server")
         self.port = port
         self.max_feed_lag_s = float(max_feed_lag_s)
         self.snapshot_timeout_s = float(snapshot_timeout_s)

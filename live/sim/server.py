@@ -8,7 +8,6 @@ replay clock from the calling thread; `speed > 0` replays on its own at speed x 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 import threading
@@ -24,6 +23,7 @@ from live.sim.engine import SimConfig, SimEngine
 from live.sim.ratelimit import RateLimiter
 from tierlab.errors import ConfigError
 from tierlab.log import get_logger
+from tierlab.net import loopback_host as _loopback_host
 
 log = get_logger(__name__)
 
@@ -33,15 +33,7 @@ DEFAULT_SECRET = "tierlab-sim-secret"
 
 def loopback_host(host: str) -> str:
     """Return `host` if it is a loopback address (or localhost); ConfigError naming it otherwise."""
-    if host == "localhost":
-        return "127.0.0.1"
-    try:
-        ok = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"live.sim binds to loopback only (127.0.0.1 or ::1); refusing host {host!r}")
-    return host
+    return _loopback_host(host, "live.sim")
 
 
 def sim_keys(api_key: str | None = None, secret_key: str | None = None) -> tuple[str, str]:
