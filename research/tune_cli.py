@@ -43,9 +43,10 @@ class TuneConfig:
     llm: str = "off"  # --llm off|recorded:FILE: each trial's windows through the LLM gate (research.llm)
 
     def __post_init__(self) -> None:
-        from research.llm import parse_policy
+        if self.llm != "off":  # only then load research.llm (numpy, pandas): --help stays light
+            from research.llm import parse_policy
 
-        parse_policy(self.llm)  # a bad value or a missing file: ConfigError naming --llm
+            parse_policy(self.llm)  # a bad value or a missing file: ConfigError naming --llm
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name, low in (("trials", 1), ("workers", 1), ("min_trades", 0), ("startup_trials", 0),
