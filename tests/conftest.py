@@ -75,3 +75,21 @@ def redis_url() -> Iterator[str]:
 def redis_prefix() -> str:
     """A unique key prefix for one test (tests delete only their own keys, never FLUSHALL)."""
     return f"tierlab-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(scope="module")
+def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TIERLAB_HOME holding the bundled synthetic sample, built once per test module."""
+    from data.catalog import Catalog
+    from data.sample import ensure_sample
+
+    home = tmp_path_factory.mktemp("sample_home")
+    ensure_sample(Catalog(home / "catalog"))
+    return home
+
+
+@pytest.fixture
+def home(_isolated_home: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's TIERLAB_HOME is the module's sample home (for CLIs that read the catalog)."""
+    monkeypatch.setenv("TIERLAB_HOME", str(sample_home))
+    return sample_home

@@ -11,8 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data.catalog import Catalog
-from data.sample import ensure_sample
 from research.backtest import main
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,20 +23,6 @@ def run_folder(out: Path) -> Path:
     latest = out / "latest"
     assert latest.is_symlink(), f"no latest link in {out}"
     return latest.resolve()
-
-
-@pytest.fixture(scope="module")
-def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TIERLAB_HOME holding the bundled sample, built once for this module."""
-    home = tmp_path_factory.mktemp("cli_home")
-    ensure_sample(Catalog(home / "catalog"))
-    return home
-
-
-@pytest.fixture
-def home(_isolated_home: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TIERLAB_HOME", str(sample_home))
-    return sample_home
 
 
 @pytest.fixture(scope="module")

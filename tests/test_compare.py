@@ -13,26 +13,12 @@ import pandas as pd
 import pytest
 
 from data.catalog import Catalog
-from data.sample import ensure_sample
 from research import compare
 from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
 
 CHROMIUM = Path("/usr/bin/chromium")
 TWO = ("2024-10-21", "2024-10-22")
-
-
-@pytest.fixture(scope="module")
-def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("cmp_home")
-    ensure_sample(Catalog(home / "catalog"))
-    return home
-
-
-@pytest.fixture
-def home(_isolated_home: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TIERLAB_HOME", str(sample_home))
-    return sample_home
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 from live_helpers import INIT_CASH, run_live, start_sim, wire
 
 from data.catalog import Catalog
-from data.sample import ensure_sample
 from live.journal import kernel_orders
 from research import compare
 from strategies.params import Params
@@ -21,13 +20,6 @@ from tierlab.live_paper import write_live_run
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 DAY = "2024-11-13"  # a session where the 1 h rollback trigger fires in both modes
-
-
-@pytest.fixture(scope="module")
-def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("live_cmp_home")
-    ensure_sample(Catalog(home / "catalog"))
-    return home
 
 
 def _dry_run(cat: Catalog, mode: str, redis_url: str, out: Path) -> Path:

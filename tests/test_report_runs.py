@@ -12,8 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data.catalog import Catalog
-from data.sample import ensure_sample
 from research.backtest import build_parser, main, split_symbols
 from research.runs import RunDir, settings_hash
 from strategies.params import Params
@@ -22,20 +20,6 @@ from tierlab.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 DAY = ["--start", "2024-10-22", "--end", "2024-10-22"]
 FILES = {"report.html", "orders.parquet", "decisions.parquet", "params.toml", "meta.json"}
-
-
-@pytest.fixture(scope="module")
-def sample_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TIERLAB_HOME holding the bundled sample, built once for this module."""
-    home = tmp_path_factory.mktemp("runs_home")
-    ensure_sample(Catalog(home / "catalog"))
-    return home
-
-
-@pytest.fixture
-def home(_isolated_home: Path, sample_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TIERLAB_HOME", str(sample_home))
-    return sample_home
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
