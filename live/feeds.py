@@ -65,6 +65,8 @@ class SessionBars:
         self.open_epoch = self.index.as_unit("s").asi8.astype(np.int64)
         self.ny_minute = ny_minute_of_day(self.close_epoch)  # the session rules' decision clock
         self._start_epoch = int(self.index[0].value // 1_000_000_000)
+        self.times = list(self.index)  # per-bar Timestamps and their text, made once per session
+        self.iso = [t.isoformat() for t in self.times]
         shape = (len(self.index), len(self.symbols))
         self.open, self.high, self.low, self.close, self.volume = (np.full(shape, np.nan) for _ in range(5))
 

@@ -24,7 +24,7 @@ import redis
 
 from data.calendar import NEW_YORK
 from live.feeds import Bar, History, SessionBars
-from live.state import RedisState
+from live.state import RedisState, commit_args
 from strategies import codes as C
 from strategies import kernel as K
 from strategies.tiered_basket import (
@@ -105,6 +105,7 @@ class Runner:
         self.state = self.strategy.new_state(self.init_cash)
         self.n = len(self.symbols)
         self.persist_failures = 0
+        self._inflight: list[Any] | None = None  # [bar epoch, commit args, still to send]: sent, not yet answered
         self.history_minutes: list[Minute] = []
 
     # ------------------------------------------------------------------ start / resume
@@ -123,11 +124,20 @@ class Runner:
         if self.bars is not None and self.bars.day == day:
             return
         self.bars = SessionBars(self.symbols, day)
+        self._filings = self._filing_mask(self.bars)
         if self.last_epoch >= 0 and self.history is not None:
             last_r = self.bars.row(self.last_epoch)
             if last_r is not None:
                 self.add(self.history.fetch(self.symbols, self.bars.index[0], self.bars.index[last_r]))
         log.info("session_open", day=str(day), minutes=len(self.bars.index))
+
+    def _filing_mask(self, b: SessionBars) -> np.ndarray | None:
+        """The session's filing events as a (T_day, N) mask, placed as `prepare` places them on any window."""
+        if self.events is None or not len(self.events):
+            return None
+        from data.events import events_mask
+
+        return events_mask(self.events, b.index, b.symbols)
 
     def add(self, bars: Sequence[Bar]) -> None:
         """File bars by their time; a bar for a minute already decided is kept for later scores and logged."""
@@ -159,13 +169,30 @@ class Runner:
                 self.add(got)
                 log.info("minutes_refetched", first=str(self.bars.index[missing[0]]), count=len(missing),
                          bars=len(got), reason="missed_bars")
+        # a catch-up: commits pipelined (bar r+1 is decided while Redis stores bar r), the status summary
+        # written with the newest bar only (the ones before it would be overwritten unread)
         out = []
         for r in range(start, r_end + 1):
-            out.append(self.decide(r))
+            if int(self.bars.open_epoch[r]) <= self.last_epoch:
+                continue  # an earlier life decided it: its state was adopted when Redis refused our commit
+            out.append(self._decide(r, status=r == r_end))
+        self.settle()  # every commit is answered before this returns
         return out
 
     def _inputs(self, r: int) -> tuple[np.ndarray, np.ndarray]:
-        """The newest score and event rows from the strategy's own prepare on the session window."""
+        """Row r's scores and events: the strategy's own per-bar `score_row` (bit for bit the vectorized
+        rows) when it has one, else its `prepare` on a session window holding the score's lookback."""
+        b = self.bars
+        assert b is not None
+        row = self.strategy.score_row(b.high, b.low, b.close, b.volume, r,
+                                      None if self._filings is None else self._filings[r])
+        if row is not None:
+            return row
+        inp = self._window_inputs(r)
+        return inp.scores[-1].copy(), inp.events[-1].copy()
+
+    def _window_inputs(self, r: int) -> Any:
+        """The strategy's own prepare on the shortest session window ending at r that fixes row r's score."""
         assert self.bars is not None
         lo = self.bars.window_start(r, self.stock_cols, self.lookback)
         prev = numba.get_num_threads()
@@ -174,8 +201,7 @@ class Runner:
             inp = self.strategy.prepare(self.bars.panel(lo, r), self.events)
         finally:
             numba.set_num_threads(prev)
-        self._window = inp  # decide's LLM gate reviews this window's newest bar
-        return inp.scores[-1].copy(), inp.events[-1].copy()
+        return inp
 
     def _step(self, r: int, score: np.ndarray, ev: np.ndarray, pvec: np.ndarray, llm_calls: int = 0) -> Step:
         """One `kernel.step_nb` on session row r: decisions, stats, fills, and this bar's token counts,
@@ -200,12 +226,20 @@ class Runner:
 
     def decide(self, r: int) -> Minute:
         """Decide row r of the session: score, step (within the shared token budget), persist, publish."""
+        m = self._decide(r)
+        self.settle()
+        return m
+
+    def _decide(self, r: int, status: bool = True) -> Minute:
+        """`decide` whose commit is sent once the previous bar's is answered, without waiting for its own;
+        `status=False` leaves the status summary of the bar out of the commit."""
         t0 = time.perf_counter()
         b = self.bars
         assert b is not None
-        t = b.index[r]
+        t = b.times[r]
+        epoch = int(b.open_epoch[r])
         score, ev = self._inputs(r)
-        before = state_to_bytes(self.state)
+        before = _copy_state(self.state)
         if "llm" not in self.__dict__:  # the LLM gate: off unless OPENAI_BASE_URL and TIERLAB_LLM_MODEL are set
             from live.llm import live_llm_from_env
 
@@ -214,8 +248,8 @@ class Runner:
         if self.llm is not None and (ev & np.isfinite(score)).any():
             dry = self._step(r, score, ev, self.pvec)  # the threshold this bar's decision uses (SPEC §8), from
             min_score = float(K.decision_llm_min_nb(self.state, dry.events, 0, len(dry.events)))  # the kernel
-            self.state = state_from_bytes(before)
-            score, llm_calls = self.llm.step_inputs(self._window, self.events, min_score)
+            self.state = _copy_state(before)
+            score, llm_calls = self.llm.step_inputs(self._window_inputs(r), self.events, min_score)
         st = self._step(r, score, ev, self.pvec, llm_calls=llm_calls)
         if self.budget is not None:
             st = self._within_budget(r, t, before, score, ev, st, llm_calls)
@@ -224,22 +258,28 @@ class Runner:
         # the kernel's own fills (fill bar, decision bar: session rows; fees) -> the backtest's order rows
         fills = [[self.symbols[int(oi[k, K.OI_COL])], int(oi[k, K.OI_SIDE]), float(of[k, K.OF_QTY]),
                   float(of[k, K.OF_PRICE]), C.ORDER_REASON_NAMES.get(int(oi[k, K.OI_REASON]), "?"),
-                  float(of[k, K.OF_FEES]), int(b.index[int(oi[k, K.OI_BAR])].value // 1_000_000_000),
-                  int(b.index[int(oi[k, K.OI_DEC])].value // 1_000_000_000)]
+                  float(of[k, K.OF_FEES]), int(b.open_epoch[int(oi[k, K.OI_BAR])]),
+                  int(b.open_epoch[int(oi[k, K.OI_DEC])])]
                  for k in range(len(oi))]
-        signals = self._signals(t, now, dec, score, oi)
-        record = {"t": int(t.value // 1_000_000_000), "codes": dec.tolist(), "scores": score.tolist(),
+        signals = self._signals(b.iso[r], now, dec, score, oi)
+        record = {"t": epoch, "codes": dec.tolist(), "scores": score.tolist(),
                   "dscores": st.dscore.tolist(), "tok": st.tok.tolist(), "events": st.events.tolist(),
                   "fills": fills, "equity": float(K.equity_nb(self.state)), "cash": float(self.state.f[K.F_CASH]),
                   "stats": stats.tolist(), "llm_calls": llm_calls}
-        summary = self.summary(t, dec, score)
-        self._persist(int(t.value // 1_000_000_000), before, record, signals, summary)
+        summary = self.summary(t, dec, score) if status else None
+        args = commit_args(epoch, state_to_bytes(self.state), record, signals, summary)
+        if not self.settle():  # the previous bar had been decided by an earlier life: its state is now loaded
+            if self.last_epoch < epoch:
+                return self._decide(r, status)
+        else:
+            self._inflight = [epoch, args, True]
+            self._send()
         m = Minute(t, dec, score, fills, signals, time.perf_counter() - t0)
         if self.on_minute is not None:
             self.on_minute(m)
         return m
 
-    def _within_budget(self, r: int, t: pd.Timestamp, before: bytes, score: np.ndarray, ev: np.ndarray,
+    def _within_budget(self, r: int, t: pd.Timestamp, before: K.State, score: np.ndarray, ev: np.ndarray,
                        st: Step, llm_calls: int = 0) -> Step:
         """Take the tokens the step used from the account's shared bucket; on refusal re-run the step
         with the kernel's bucket sizes lowered to what the account has left (the arithmetic stays the
@@ -257,19 +297,21 @@ class Runner:
                     log.info("token_budget_shared", time=str(t), used=used, rule="token",
                              reason="another runner on the account used tokens this minute")
                 return st
-            self.state = state_from_bytes(before)
+            self.state = _copy_state(before)
             pvec = self.pvec.copy()
             pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
             st = self._step(r, score, ev, pvec, llm_calls=llm_calls)  # the bar's LLM calls stay in the surge window
         raise RuntimeError(f"token budget: no consistent take after 5 attempts at {t}")
 
-    def _signals(self, t: pd.Timestamp, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:
+    def _signals(self, bar_iso: str, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:
         """One entry per decision; order entries carry the intent; a filled entry re-anchors its exits."""
         p = self.params
-        when = pd.Timestamp(now, unit="s", tz="UTC")
-        intents = {i.symbol: i for i in self.strategy.intents(self.state) if i.bar_time == when}
+        intents = {}
+        if self.state.sf[:, K.SF_PENDING].any():
+            when = pd.Timestamp(now, unit="s", tz="UTC")
+            intents = {i.symbol: i for i in self.strategy.intents(self.state) if i.bar_time == when}
         out: list[dict[str, Any]] = []
-        base = {"bar_time": t.isoformat(), "mode": p.mode, "strategy": self.strategy.name}
+        base = {"bar_time": bar_iso, "mode": p.mode, "strategy": self.strategy.name}
         # the fills of this bar happened at its open, before the decisions at its close: re-anchor first, so an
         # exit decided at this close (flatten, signal, max hold) cancels the re-anchored legs, not the reverse
         for k in range(len(oi)):
@@ -295,13 +337,29 @@ class Runner:
             out.append(s)
         return out
 
-    def _persist(self, bar_epoch: int, before: bytes, record: dict, signals: list[dict], summary: dict) -> None:
-        """Commit; while Redis is unreachable keep retrying (nothing is published, so no order goes out)."""
-        after = state_to_bytes(self.state)
+    def _send(self) -> None:
+        """Send the in-flight commit; a send that fails is sent again by `settle` (nothing went out)."""
+        try:
+            self.store.send_commit(self._inflight[1])
+            self._inflight[2] = False
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+
+    def settle(self) -> bool:
+        """Wait until Redis has answered the commit in flight; while Redis is unreachable keep sending it
+        again (nothing is published meanwhile, so no order goes out). False when the bar had been decided
+        already (by an earlier life of this runner): the stored state is loaded, Redis is the record.
+        """
+        if self._inflight is None:
+            return True
+        bar_epoch, args, need_send = self._inflight
         waited = 0
         while True:
             try:
-                ok = self.store.commit(bar_epoch, after, record, signals, summary)
+                if need_send:
+                    self.store.unanswered()
+                    self.store.send_commit(args)
+                ok = self.store.read_commit()
                 break
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 if waited == 0:
@@ -309,17 +367,22 @@ class Runner:
                               action="no orders until Redis answers; retrying")
                 self.persist_failures += 1
                 waited += 1
+                need_send = True
                 time.sleep(self.retry_s)
+        self._inflight = None
         if waited:
             log.info("state_persisted_after_outage", bar=_iso(bar_epoch), retries=waited)
-        if not ok:  # someone (an earlier life of this runner) decided this bar: Redis is the record
+        if not ok:
             blob, last = self.store.load()
-            if blob is not None:
+            if blob == args[1]:  # our own commit, stored before its answer was lost
+                ok = True
+            elif blob is not None:
                 self.state = state_from_bytes(blob)
                 self.last_epoch = last
-            log.warning("bar_already_decided", bar=_iso(bar_epoch), reason="kept_the_stored_decision")
-            return
+                log.warning("bar_already_decided", bar=_iso(bar_epoch), reason="kept_the_stored_decision")
+                return False
         self.last_epoch = bar_epoch
+        return True
 
     # ------------------------------------------------------------------ views
     def summary(self, t: pd.Timestamp, dec: np.ndarray | None = None, score: np.ndarray | None = None) -> dict:
@@ -332,10 +395,10 @@ class Runner:
                "pnl": float(K.equity_nb(st)) - self.init_cash,
                "tokens": {"A": int(st.i[K.I_TOK_A]), "B": int(st.i[K.I_TOK_B]), "R": int(st.i[K.I_TOK_R])}}
         if dec is not None and score is not None:
-            out["tickers"] = {s: {"score": None if np.isnan(score[j]) else round(float(score[j]), 4),
-                                  "tier": C.TIER_NAMES[int(self.struct.tier[j])],
-                                  "decision": C.DECISION_NAMES[int(dec[j])]}
-                              for j, s in enumerate(self.symbols)}
+            tiers = self.__dict__.get("_tiers") or self.__dict__.setdefault(
+                "_tiers", [C.TIER_NAMES[int(x)] for x in self.struct.tier])
+            out["tickers"] = {s: {"score": None if x != x else round(x, 4), "tier": tier, "decision": C.DECISION_NAMES[d]}
+                              for s, x, tier, d in zip(self.symbols, score.tolist(), tiers, dec.tolist(), strict=True)}
         return out
 
     # ------------------------------------------------------------------ the broker is the truth
@@ -371,6 +434,11 @@ class Runner:
         if not diffs:
             log.info("reconciled_no_difference", positions=len(positions))
         return diffs
+
+
+def _copy_state(state: K.State) -> K.State:
+    """A deep copy of a kernel state (the step mutates its arrays in place)."""
+    return K.State(*(a.copy() for a in state))
 
 
 def _tokens_used(stats: np.ndarray) -> list[int]:

@@ -29,13 +29,26 @@ if last >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('XADD', KEYS[3], '*', 'bar', ARGV[1], 'rec', ARGV[3])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  redis.call('XADD', KEYS[4], '*', unpack(cjson.decode(ARGV[4 + i])))
+local sigs = cjson.decode(ARGV[4])
+for i = 1, #sigs do
+  redis.call('XADD', KEYS[4], '*', unpack(sigs[i]))
 end
-redis.call('HSET', KEYS[5], 'bar', ARGV[1], 'summary', ARGV[5 + n])
+if ARGV[5] == '' then
+  redis.call('HSET', KEYS[5], 'bar', ARGV[1])
+else
+  redis.call('HSET', KEYS[5], 'bar', ARGV[1], 'summary', ARGV[5])
+end
 return 1
 """
+
+
+def commit_args(bar_epoch: int, state_blob: bytes, record: dict[str, Any], signals: Sequence[dict[str, Any]],
+                summary: dict[str, Any] | None) -> list[Any]:
+    """The commit script's arguments: bar, state bytes, the bar's record, its signals (field/value lists) and
+    the status summary (None keeps the stored one: a catch-up writes only its newest bar's)."""
+    flat = [[x for k, v in s.items() for x in (k, "" if v is None else str(v))] for s in signals]
+    return [bar_epoch, state_blob, json.dumps(record, separators=(",", ":")), json.dumps(flat, separators=(",", ":")),
+            "" if summary is None else json.dumps(summary, default=str)]
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,8 @@ class RedisState:
         self.r = client
         self.keys = keys
         self._commit = client.register_script(_COMMIT)
+        self._conn: Any = None  # the connection `send_commit` pipelines on (made on first use)
+        self._sent: list[Sequence[Any]] = []
 
     def load(self) -> tuple[bytes | None, int]:
         """(state bytes or None, last decided bar start in epoch seconds or -1)."""
@@ -111,17 +126,53 @@ class RedisState:
         return blob, int(bar) if bar is not None else -1
 
     def commit(self, bar_epoch: int, state_blob: bytes, record: dict[str, Any],
-               signals: Sequence[dict[str, Any]], summary: dict[str, Any]) -> bool:
+               signals: Sequence[dict[str, Any]], summary: dict[str, Any] | None) -> bool:
         """Write state, bar, decision record, signals and status at once; False when the bar was already decided."""
-        args: list[Any] = [bar_epoch, state_blob, json.dumps(record), len(signals)]
-        for s in signals:
-            flat: list[str] = []
-            for k, v in s.items():
-                flat += [k, "" if v is None else str(v)]
-            args.append(json.dumps(flat))
-        args.append(json.dumps(summary, default=str))
+        return bool(self._commit(keys=self._commit_keys(), args=commit_args(bar_epoch, state_blob, record, signals,
+                                                                             summary)))
+
+    def _commit_keys(self) -> list[str]:
         k = self.keys
-        return bool(self._commit(keys=[k.state, k.bar, k.decisions, k.signals, k.status], args=args))
+        return [k.state, k.bar, k.decisions, k.signals, k.status]
+
+    def send_commit(self, args: Sequence[Any]) -> None:
+        """Send one commit (`commit_args`) on a connection of its own without waiting for the answer.
+
+        Redis runs commands of one connection in order, so commits sent bar after bar are applied bar
+        after bar; `read_commit` takes the answers. Lets the runner decide the next minute of a
+        catch-up while Redis stores the last one.
+        """
+        if self._conn is None:
+            self._conn = self.r.connection_pool.make_connection()
+        keys = self._commit_keys()
+        try:
+            self._conn.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+        except BaseException:
+            self._conn.disconnect()
+            raise
+        self._sent.append(args)
+
+    def read_commit(self) -> bool:
+        """The answer of the oldest commit sent and not read: False when its bar was already decided."""
+        assert self._conn is not None and self._sent
+        try:
+            try:
+                ok = self._conn.read_response()
+            except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache: load, send again
+                self.r.script_load(_COMMIT)
+                keys = self._commit_keys()
+                self._conn.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *self._sent[0])
+                ok = self._conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._conn.disconnect()
+            raise
+        self._sent.pop(0)
+        return bool(ok)
+
+    def unanswered(self) -> list[Sequence[Any]]:
+        """Commits sent whose answers were lost with the connection (the caller sends them again); clears them."""
+        out, self._sent = self._sent, []
+        return out
 
     def ensure_group(self) -> None:
         """Create the executor's consumer group on `signals.raw` (from the stream's start) if missing."""

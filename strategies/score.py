@@ -40,6 +40,46 @@ def _session_rows_nb(c: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @njit(cache=True)
+def _score_at_nb(
+    h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, rows: np.ndarray, k: int,
+    mom_window: int, vol_window: int, vwap_window: int, w_mom: float, w_vwap: float, gain: float,
+) -> float:
+    """The score of one column's k-th real bar `rows[k]`, its session warm (the one formula both drivers use)."""
+    t = rows[k]
+    # volatility of one-bar log returns over the last vol_window returns
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(k - vol_window + 1, k + 1):
+        r = math.log(c[rows[i]] / c[rows[i - 1]])
+        s1 += r
+        s2 += r * r
+    var = (s2 - s1 * s1 / vol_window) / (vol_window - 1)
+    sigma = math.sqrt(var) if var > 0 else 0.0
+    if sigma <= 0:
+        return 0.0
+    z_mom = math.log(c[t] / c[rows[k - mom_window]]) / (sigma * math.sqrt(mom_window))
+    pv = 0.0
+    vv = 0.0
+    for i in range(k - vwap_window + 1, k + 1):
+        j = rows[i]
+        pv += (h[j] + low[j] + c[j]) / 3.0 * v[j]
+        vv += v[j]
+    z_vwap = 0.0
+    if vv > 0:
+        z_vwap = math.log(c[t] / (pv / vv)) / (sigma * math.sqrt(vwap_window / 2.0))
+    return math.tanh(gain * (w_mom * z_mom + w_vwap * z_vwap))
+
+
+@njit(cache=True)
+def _spike_at_nb(v: np.ndarray, rows: np.ndarray, k: int, window: int, mult: float) -> bool:
+    """Whether one column's k-th real bar's volume is > mult x the mean of its `window` previous real bars."""
+    vs = 0.0
+    for i in range(k - window, k):
+        vs += v[rows[i]]
+    return vs > 0 and v[rows[k]] > mult * vs / window
+
+
+@njit(cache=True)
 def _score_column_nb(
     o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, day: np.ndarray,
     mom_window: int, vol_window: int, vwap_window: int, w_mom: float, w_vwap: float, gain: float,
@@ -49,32 +89,9 @@ def _score_column_nb(
     rows, first = _session_rows_nb(c, day)
     warm = max(mom_window, vol_window, vwap_window)
     for k in range(rows.shape[0]):
-        t = rows[k]
         if k - first[k] + 1 <= warm:  # bars of this session so far, this one included
             continue
-        # volatility of one-bar log returns over the last vol_window returns
-        s1 = 0.0
-        s2 = 0.0
-        for i in range(k - vol_window + 1, k + 1):
-            r = math.log(c[rows[i]] / c[rows[i - 1]])
-            s1 += r
-            s2 += r * r
-        var = (s2 - s1 * s1 / vol_window) / (vol_window - 1)
-        sigma = math.sqrt(var) if var > 0 else 0.0
-        if sigma <= 0:
-            out[t] = 0.0
-            continue
-        z_mom = math.log(c[t] / c[rows[k - mom_window]]) / (sigma * math.sqrt(mom_window))
-        pv = 0.0
-        vv = 0.0
-        for i in range(k - vwap_window + 1, k + 1):
-            j = rows[i]
-            pv += (h[j] + low[j] + c[j]) / 3.0 * v[j]
-            vv += v[j]
-        z_vwap = 0.0
-        if vv > 0:
-            z_vwap = math.log(c[t] / (pv / vv)) / (sigma * math.sqrt(vwap_window / 2.0))
-        out[t] = math.tanh(gain * (w_mom * z_mom + w_vwap * z_vwap))
+        out[rows[k]] = _score_at_nb(h, low, c, v, rows, k, mom_window, vol_window, vwap_window, w_mom, w_vwap, gain)
 
 
 @njit(cache=True, parallel=True)
@@ -101,9 +118,38 @@ def volume_spikes_nb(c: np.ndarray, v: np.ndarray, day: np.ndarray, window: int,
         for k in range(rows.shape[0]):
             if k - first[k] < window:
                 continue
-            vs = 0.0
-            for i in range(k - window, k):
-                vs += v[rows[i], j]
-            t = rows[k]
-            spike[t, j] = vs > 0 and v[t, j] > mult * vs / window
+            spike[rows[k], j] = _spike_at_nb(v[:, j], rows, k, window, mult)
     return spike
+
+
+@njit(cache=True)
+def score_row_nb(
+    h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, t: int,
+    mom_window: int, vol_window: int, vwap_window: int, w_mom: float, w_vwap: float, gain: float,
+    spike_window: int, spike_mult: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row t of `score_nb` and of `volume_spikes_nb` for arrays (T, N) holding ONE session's bars.
+
+    The live runner's per-bar path: the same per-bar formulas on the same real bars, so each value
+    equals the vectorized one bit for bit, at the cost of one bar instead of a window.
+    """
+    n_sym = c.shape[1]
+    score = np.full(n_sym, np.nan)
+    spike = np.zeros(n_sym, dtype=np.bool_)
+    warm = max(mom_window, vol_window, vwap_window)
+    rows = np.empty(t + 1, dtype=np.int64)
+    for j in range(n_sym):
+        if math.isnan(c[t, j]):
+            continue
+        m = 0
+        for i in range(t + 1):
+            if not math.isnan(c[i, j]):
+                rows[m] = i
+                m += 1
+        k = m - 1  # this bar's place among the session's real bars
+        if k + 1 > warm:
+            score[j] = _score_at_nb(h[:, j], low[:, j], c[:, j], v[:, j], rows[:m], k, mom_window, vol_window,
+                                    vwap_window, w_mom, w_vwap, gain)
+        if k >= spike_window:
+            spike[j] = _spike_at_nb(v[:, j], rows[:m], k, spike_window, spike_mult)
+    return score, spike

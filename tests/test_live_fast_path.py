@@ -1,0 +1,211 @@
+"""The live runner's per-bar path: one score row per bar, the state's bytes, pipelined catch-up commits.
+
+The runner scores bar t alone (`TieredBasketStrategy.score_row`) instead of a window: every row must
+equal the vectorized score of a whole multi-day history bit for bit, missing bars included. A filing
+made overnight lands on the session's first bar whichever way the bars are cut. The state is saved
+after every bar in a raw format (states saved as npz still load). A catch-up decides minute r+1
+while Redis stores minute r and must leave exactly what deciding minute by minute leaves.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from live_helpers import _month
+
+from data.bars import Panel
+from data.calendar import NEW_YORK, ny_days
+from data.events import events_mask
+from live.feeds import Bar
+from live.runner import Runner
+from live.state import Keys, RedisState
+from strategies import kernel as K
+from strategies.params import Params
+from strategies.tiered_basket import TieredBasketStrategy, state_from_bytes, state_to_bytes
+from tierlab.errors import DataError
+
+
+def _with_holes(panel: Panel, share: float, seed: int) -> Panel:
+    """The panel with a random share of its bars missing (NaN rows per symbol, as thin tickers have)."""
+    rng = np.random.default_rng(seed)
+    hole = rng.random(panel.shape) < share
+    arrays = {}
+    for name in ("open", "high", "low", "close", "volume"):
+        a = getattr(panel, name).copy()
+        a[hole] = np.nan
+        arrays[name] = a
+    return Panel(index=panel.index, symbols=panel.symbols, **arrays)
+
+
+@pytest.mark.parametrize(("mode", "holes"), [("default", 0.0), ("relaxed", 0.0), ("default", 0.15)])
+def test_score_row_equals_the_vectorized_score_on_every_session_of_the_month(mode: str, holes: float) -> None:
+    month, events = _month()
+    p = Params.preset(mode)
+    panel = month.select(p.universe)
+    if holes:
+        panel = _with_holes(panel, holes, seed=7)
+    s = TieredBasketStrategy(p)
+    full = s.prepare(panel, events)  # the backtest's path: the whole month at once
+    days = ny_days(panel.index)
+    checked = finite = spikes = 0
+    for day in np.unique(days):
+        rows = np.flatnonzero(days == day)
+        sess = panel.slice(panel.index[rows[0]], panel.index[rows[-1]] + pd.Timedelta(minutes=1))
+        filings = events_mask(events, sess.index, sess.symbols)
+        for r in range(len(sess.index)):
+            score, ev = s.score_row(sess.high, sess.low, sess.close, sess.volume, r, filings[r])
+            np.testing.assert_array_equal(score, full.scores[rows[r]], err_msg=f"{sess.index[r]} scores")
+            np.testing.assert_array_equal(ev, full.events[rows[r]], err_msg=f"{sess.index[r]} events")
+            checked += 1
+            finite += int(np.isfinite(score).sum())
+            spikes += int(ev.sum())
+    assert checked == len(panel.index) and finite > 10_000 and spikes > 0
+
+
+def test_a_plugged_in_score_model_is_scored_on_a_window_not_by_the_builtin_row(redis_url: str,
+                                                                              redis_prefix: str) -> None:
+    class Contrarian(TieredBasketStrategy):
+        def score(self, panel: Panel, params: Params | None = None) -> np.ndarray:
+            return -super().score(panel, params)
+
+    month, events = _month()
+    p = Params.preset("default")
+    sess = month.slice(pd.Timestamp("2024-11-05 14:30", tz="UTC"), pd.Timestamp("2024-11-05 21:00", tz="UTC"))
+    sess = sess.select(p.universe)
+    strat = Contrarian(p)
+    assert strat.score_row(sess.high, sess.low, sess.close, sess.volume, 50) is None
+    full = strat.prepare(sess, events)
+    runner = Runner(strat, RedisState(redis.Redis.from_url(redis_url), Keys.of("t", "contrarian", "default",
+                                                                              root=redis_prefix)), events=events)
+    runner.open_session(sess.index[0].tz_convert(NEW_YORK).date())
+    runner.add(_bars(sess, 0, 80))
+    for r in (30, 79):
+        score, _ = runner._inputs(r)
+        np.testing.assert_array_equal(score, full.scores[r])
+    assert np.isfinite(full.scores[79]).any()
+
+
+def test_a_filing_made_overnight_lands_on_the_first_bar_however_the_bars_are_cut(redis_url: str,
+                                                                                redis_prefix: str) -> None:
+    month, _ = _month()
+    p = Params.preset("default")
+    filings = pd.DataFrame({
+        "time": pd.to_datetime(["2024-11-04 21:30:00+00:00",  # 16:30 New York the evening before
+                                "2024-11-04 20:30:00+00:00",  # during the previous session: not this one's
+                                "2024-11-05 12:00:00+00:00"]),  # 07:00, before the open
+        "ticker": ["NVDA", "AMD", "MSFT"], "form": ["8-K"] * 3, "title": [""] * 3, "url": [""] * 3})
+    one_day = month.slice(pd.Timestamp("2024-11-05 14:30", tz="UTC"), None).select(p.universe)
+    two_days = month.slice(pd.Timestamp("2024-11-04 14:30", tz="UTC"), None).select(p.universe)
+    m1 = events_mask(filings, one_day.index[:390], one_day.symbols)
+    m2 = events_mask(filings, two_days.index[:780], two_days.symbols)
+    col = {s: j for j, s in enumerate(p.universe)}
+    assert m1[0, col["NVDA"]] and m1[0, col["MSFT"]] and not m1[:, col["AMD"]].any()
+    np.testing.assert_array_equal(m1, m2[390:])  # the backtest over two days marks the same bars
+    assert m2[:390, col["AMD"]].any()  # the mid-session filing stays with its own session
+    runner = Runner(TieredBasketStrategy(p), RedisState(redis.Redis.from_url(redis_url),
+                                                        Keys.of("t", "tiered_basket", "default", root=redis_prefix)),
+                    events=filings)
+    runner.open_session(one_day.index[0].tz_convert(NEW_YORK).date())
+    runner.add(_bars(one_day, 0, 1))
+    _, ev = runner._inputs(0)
+    assert ev[col["NVDA"]] and ev[col["MSFT"]] and not ev[col["AMD"]]
+
+
+def test_state_bytes_round_trip_exactly_and_old_npz_states_still_load() -> None:
+    s = TieredBasketStrategy()
+    state = s.new_state(12_345.678)
+    rng = np.random.default_rng(3)
+    state.sf[:] = rng.normal(size=state.sf.shape)
+    state.sf[2, K.SF_STOP] = np.nan
+    state.si[:] = rng.integers(-2**62, 2**62, size=state.si.shape)
+    state.wr[:] = rng.integers(0, 50, size=state.wr.shape)
+    blob = state_to_bytes(state)
+    back = state_from_bytes(blob)
+    for a, b, name in zip(state, back, K.State._fields, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name  # bit for bit, NaN payloads included
+        assert b.flags.writeable, name  # the kernel writes into a loaded state
+    buf = io.BytesIO()
+    np.savez(buf, **state._asdict())  # how earlier versions saved it
+    old = state_from_bytes(buf.getvalue())
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(state, old, strict=True))
+    with pytest.raises(DataError, match="bytes past its last array"):
+        state_from_bytes(blob + b"\0")
+    with pytest.raises(DataError, match="not a tierlab state"):
+        state_from_bytes(b"garbage")
+
+
+def _bars(panel: Panel, lo: int, hi: int) -> list[Bar]:
+    return [Bar(sym, panel.index[r], panel.open[r, j], panel.high[r, j], panel.low[r, j], panel.close[r, j],
+                panel.volume[r, j])
+            for r in range(lo, hi) for j, sym in enumerate(panel.symbols) if not np.isnan(panel.close[r, j])]
+
+
+def _runner(url: str, prefix: str, account: str, p: Params, events: pd.DataFrame) -> Runner:
+    return Runner(TieredBasketStrategy(p), RedisState(redis.Redis.from_url(url),
+                                                      Keys.of(account, "tiered_basket", p.mode, root=prefix)),
+                  events=events)
+
+
+def _stored(runner: Runner) -> tuple[list, list, bytes]:
+    st = runner.store
+    recs = st.decisions()
+    sigs = [{k: v for k, v in s.items()} for s in st.signals()]
+    blob, _ = st.load()
+    return recs, sigs, blob
+
+
+def test_a_catch_up_stores_what_deciding_minute_by_minute_stores(redis_url: str, redis_prefix: str) -> None:
+    month, events = _month()
+    p = Params.preset("relaxed")
+    sess = month.slice(pd.Timestamp("2024-11-13 14:30", tz="UTC"), pd.Timestamp("2024-11-13 21:00", tz="UTC"))
+    sess = sess.select(p.universe)
+    day = sess.index[0].tz_convert(NEW_YORK).date()
+    stepwise = _runner(redis_url, redis_prefix, "stepwise", p, events)
+    stepwise.open_session(day)
+    for r in range(200):
+        stepwise.add(_bars(sess, r, r + 1))
+        stepwise.decide_through(sess.index[r])
+    catchup = _runner(redis_url, redis_prefix, "catchup", p, events)
+    catchup.open_session(day)
+    catchup.add(_bars(sess, 0, 200))
+    minutes = catchup.decide_through(sess.index[199])
+    assert len(minutes) == 200
+    a, b = _stored(stepwise), _stored(catchup)
+    assert sum(len(m.fills) for m in minutes) > 0, "a catch-up without fills proves little"
+    assert a[0] == b[0]  # every bar's record: codes, scores, fills, equity
+    assert a[1] == b[1]  # every signal, in order
+    assert a[2] == b[2]  # the state after the last bar
+    summary = catchup.store.r.hget(catchup.store.keys.status, "summary")
+    assert summary is not None and sess.index[199].isoformat().encode() in summary  # the newest bar's status
+    assert catchup.last_epoch == stepwise.last_epoch == int(sess.index[199].value // 1_000_000_000)
+
+
+def test_a_second_life_catching_up_over_decided_minutes_keeps_the_stored_decisions(redis_url: str,
+                                                                                   redis_prefix: str) -> None:
+    """A runner that starts without resuming (a second life) and catches up over minutes an earlier life
+    decided: each is refused by Redis, the stored state is adopted, and only the new minutes are added."""
+    month, events = _month()
+    p = Params.preset("default")
+    sess = month.slice(pd.Timestamp("2024-11-05 14:30", tz="UTC"), pd.Timestamp("2024-11-05 21:00", tz="UTC"))
+    sess = sess.select(p.universe)
+    day = sess.index[0].tz_convert(NEW_YORK).date()
+    first = _runner(redis_url, redis_prefix, "acct", p, events)
+    first.open_session(day)
+    first.add(_bars(sess, 0, 150))
+    first.decide_through(sess.index[99])
+    second = _runner(redis_url, redis_prefix, "acct", p, events)  # same keys, fresh state, no resume()
+    second.open_session(day)
+    second.add(_bars(sess, 0, 150))
+    second.decide_through(sess.index[149])
+    alone = _runner(redis_url, redis_prefix, "alone", p, events)
+    alone.open_session(day)
+    alone.add(_bars(sess, 0, 150))
+    alone.decide_through(sess.index[149])
+    got, want = _stored(second), _stored(alone)
+    assert [r["t"] for r in got[0]] == [int(t.value // 1_000_000_000) for t in sess.index[:150]]  # once each
+    assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
