@@ -72,10 +72,7 @@ def test_a_plugged_in_score_model_is_scored_on_a_window_not_by_the_builtin_row(r
         def score(self, panel: Panel, params: Params | None = None) -> np.ndarray:
             return -super().score(panel, params)
 
-    month, events = _month()
-    p = Params.preset("default")
-    sess = month.slice(pd.Timestamp("2024-11-05 14:30", tz="UTC"), pd.Timestamp("2024-11-05 21:00", tz="UTC"))
-    sess = sess.select(p.universe)
+    sess, events, p = _session("2024-11-05", "default")
     strat = Contrarian(p)
     assert strat.score_row(sess.high, sess.low, sess.close, sess.volume, 50) is None
     full = strat.prepare(sess, events)
@@ -151,6 +148,14 @@ def _runner(url: str, prefix: str, account: str, p: Params, events: pd.DataFrame
                   events=events)
 
 
+def _session(day: str, mode: str) -> tuple[Panel, pd.DataFrame, Params]:
+    """One regular session of the month (09:30-16:00 New York) in the mode's universe, the filings, the params."""
+    month, events = _month()
+    p = Params.preset(mode)
+    lo = pd.Timestamp(f"{day} 09:30", tz=NEW_YORK).tz_convert("UTC")
+    return month.slice(lo, lo + pd.Timedelta(minutes=390)).select(p.universe), events, p
+
+
 def _stored(runner: Runner) -> tuple[list, list, bytes]:
     st = runner.store
     recs = st.decisions()
@@ -160,10 +165,7 @@ def _stored(runner: Runner) -> tuple[list, list, bytes]:
 
 
 def test_a_catch_up_stores_what_deciding_minute_by_minute_stores(redis_url: str, redis_prefix: str) -> None:
-    month, events = _month()
-    p = Params.preset("relaxed")
-    sess = month.slice(pd.Timestamp("2024-11-13 14:30", tz="UTC"), pd.Timestamp("2024-11-13 21:00", tz="UTC"))
-    sess = sess.select(p.universe)
+    sess, events, p = _session("2024-11-13", "relaxed")
     day = sess.index[0].tz_convert(NEW_YORK).date()
     stepwise = _runner(redis_url, redis_prefix, "stepwise", p, events)
     stepwise.open_session(day)
@@ -189,10 +191,7 @@ def test_a_second_life_catching_up_over_decided_minutes_keeps_the_stored_decisio
                                                                                    redis_prefix: str) -> None:
     """A runner that starts without resuming (a second life) and catches up over minutes an earlier life
     decided: each is refused by Redis, the stored state is adopted, and only the new minutes are added."""
-    month, events = _month()
-    p = Params.preset("default")
-    sess = month.slice(pd.Timestamp("2024-11-05 14:30", tz="UTC"), pd.Timestamp("2024-11-05 21:00", tz="UTC"))
-    sess = sess.select(p.universe)
+    sess, events, p = _session("2024-11-05", "default")
     day = sess.index[0].tz_convert(NEW_YORK).date()
     first = _runner(redis_url, redis_prefix, "acct", p, events)
     first.open_session(day)
