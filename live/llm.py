@@ -9,6 +9,7 @@ score unchanged. The gate itself (caps, cache, budget) is strategies.llm_gate, s
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from strategies.llm_gate import (
+    COUNTERS,
+    LLM_REASONS,
     Answer,
     Ask,
     LlmGate,
@@ -31,6 +34,7 @@ from strategies.llm_gate import (
     append_answer,
     gate_requests,
     load_prompt,
+    month_of,
     parse_review,
 )
 from tierlab.errors import ConfigError
@@ -190,14 +194,61 @@ class RedisGateStore:
         pipe.execute()
 
 
+def counters_key(keys_prefix: str) -> str:
+    """The Redis hash holding a runner namespace's LLM counters (LiveLlm writes it, `live status` reads it)."""
+    return f"{keys_prefix}llm:counters"
+
+
+_INT_COUNTERS = tuple(c for c in COUNTERS if c != "llm_cost")
+
+
 class LiveLlm:
-    """What the live runner calls once per bar, before `kernel.step_nb`: adjusted scores + call count."""
+    """What the live runner calls once per bar, before `kernel.step_nb`: adjusted scores + call count.
+
+    Its gate counters (calls, cache hits, skips by reason, tokens, cost) are also added to a Redis hash
+    (`counters_key`), so the status server, `python -m live status` and a restarted runner see the
+    namespace's totals, not one process's.
+    """
 
     def __init__(self, cfg: LlmGateConfig, redis: Any, answers_path: str | os.PathLike[str], prefix: str = "tierlab:",
-                 reviewer: Reviewer | None = None, log: Callable[..., Any] | None = None) -> None:
+                 reviewer: Reviewer | None = None, log: Callable[..., Any] | None = None,
+                 counters: str | None = None) -> None:
         self.reviewer = reviewer if reviewer is not None else Reviewer(cfg, log=log)
         self.gate = LlmGate(cfg, self.reviewer.model, RedisGateStore(redis, prefix, cfg.cache_s), log)
+        self.answers_path = answers_path
         self.ask = recording(self.reviewer.ask, answers_path, cfg.strength_step, "live")
+        self.redis = redis
+        self.counters_key = counters or f"{prefix}counters"
+        self.log = log
+        self._write({"model": self.reviewer.model, "prompt_version": self.gate.prompt.version,
+                     "daily_cap": cfg.daily_cap, "monthly_budget": cfg.monthly_budget, "currency": cfg.currency},
+                    {}, "llm_counters_not_written")
+
+    def also_record(self, path: str | os.PathLike[str]) -> None:
+        """Append every later answer to `path` too (e.g. a run's own file next to its report)."""
+        self.ask = recording(self.ask, path, self.gate.cfg.strength_step, "live")
+
+    def _write(self, fields: dict[str, Any] | Callable[[], dict[str, Any]], deltas: dict[str, float],
+               event: str) -> None:
+        """HSET `fields` (a callable: read from Redis first) and add `deltas` to the counters hash in one
+        transaction; a Redis failure is logged, never raised (the counters are for people; the decision
+        must not wait on them)."""
+        import redis as redis_lib
+
+        try:
+            fields = fields() if callable(fields) else fields
+            pipe = self.redis.pipeline(transaction=True)
+            for k, v in deltas.items():
+                if k == "llm_cost":
+                    pipe.hincrbyfloat(self.counters_key, k, float(v))
+                else:
+                    pipe.hincrby(self.counters_key, k, int(v))
+            if fields:
+                pipe.hset(self.counters_key, mapping={k: str(v) for k, v in fields.items()})
+            pipe.execute()
+        except (redis_lib.RedisError, OSError) as e:
+            if self.log is not None:
+                self.log(event, rule="llm_gate", reason=type(e).__name__, key=self.counters_key)
 
     def step_inputs(self, inputs: Any, filings: pd.DataFrame | None, min_score: float,
                     t: int = -1) -> tuple[np.ndarray, int]:
@@ -212,10 +263,44 @@ class LiveLlm:
         """Review bar t's event cells (arrays cover bars 0..t at least); return its score row and calls."""
         row = np.array(scores[t], dtype=np.float64, copy=True)
         calls = 0
+        before = dict(self.gate.counters)
+        last = None
         for req in gate_requests(scores, events, close_epoch, day, symbols, index, filings, only_bar=t):
             row[req.col], called = self.gate.review(req, min_score, self.ask)
             calls += int(called)
+            last = req
+        if last is not None:
+            deltas = {k: self.gate.counters[k] - before.get(k, 0) for k in COUNTERS}
+            store, day, month = self.gate.store, int(last.day), month_of(last.day)
+            self._write(lambda: {"day": dt.date.fromordinal(day).isoformat(), "calls_day": store.calls_on(day),
+                                 "month": month, "spent_month": repr(float(store.spent_in(month)))},
+                        {k: v for k, v in deltas.items() if v}, "llm_counters_not_written")
         return row, calls
+
+
+def read_counters(redis: Any, keys_prefix: str) -> dict[str, Any] | None:
+    """A runner namespace's LLM figures from Redis, or None when its gate never ran (LLM off).
+
+    calls, answers, cache_hits, candidates, skips by reason, tokens (in/out), cost and its currency,
+    the last reviewed New York day's calls against daily_cap and its month's spend against monthly_budget.
+    """
+    raw = redis.hgetall(counters_key(keys_prefix))
+    if not raw:
+        return None
+    h = {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+         for k, v in raw.items()}
+
+    def num(name: str) -> float:
+        return float(h.get(name) or 0.0)
+
+    c = {k: int(num(k)) for k in _INT_COUNTERS}
+    return {"model": h.get("model"), "prompt_version": h.get("prompt_version"),
+            "calls": c["llm_calls"], "answers": c["llm_answers"], "cache_hits": c["llm_cached"],
+            "candidates": c["llm_candidates"], "skips": {r: c[r] for r in LLM_REASONS},
+            "tokens_in": c["llm_tokens_in"], "tokens_out": c["llm_tokens_out"],
+            "cost": num("llm_cost"), "currency": h.get("currency", "USD"),
+            "day": h.get("day"), "calls_day": int(num("calls_day")), "daily_cap": int(num("daily_cap")),
+            "month": h.get("month"), "spent_month": num("spent_month"), "monthly_budget": num("monthly_budget")}
 
 
 def live_llm_from_env(params: Any, redis: Any, prefix: str = "tierlab:", env: dict[str, str] | None = None,
@@ -236,4 +321,5 @@ def live_llm_from_env(params: Any, redis: Any, prefix: str = "tierlab:", env: di
     path = Path(env.get("TIERLAB_LLM_ANSWERS", "").strip() or tierlab_home() / "llm" / "answers.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = LlmGateConfig.for_params(params)
-    return LiveLlm(cfg, redis, path, prefix=f"{prefix}llm:", reviewer=Reviewer(cfg, model=model, log=log), log=log)
+    return LiveLlm(cfg, redis, path, prefix=f"{prefix}llm:", reviewer=Reviewer(cfg, model=model, log=log), log=log,
+                   counters=counters_key(prefix))

@@ -1,5 +1,6 @@
 """What a person watches: a rich live table per ticker (score, tier, last decision), tokens left,
-positions, P&L and the SPEC §5 risk summary; `summary_text` is the plain form `status` prints.
+positions, P&L, the SPEC §5 risk summary and the LLM gate's counters (SPEC §7); `summary_text` is the
+plain form `status` prints.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ from tierlab.log import get_logger
 log = get_logger(__name__)
 
 
+def llm_text(c: dict[str, Any] | None) -> str:
+    """The LLM gate's figures (live.llm.read_counters) in three lines of under 80 columns; None: the gate is off."""
+    if not c:
+        return "llm    off (needs OPENAI_BASE_URL and TIERLAB_LLM_MODEL; or no bar decided yet)"
+    cur = c.get("currency") or "USD"
+    skips = " ".join(f"{k.removeprefix('llm_')}={v}" for k, v in (c.get("skips") or {}).items())
+    return "\n".join([
+        f"llm    calls {c.get('calls', 0)}  answers {c.get('answers', 0)}  cache hits {c.get('cache_hits', 0)}  "
+        f"tokens {c.get('tokens_in', 0)}/{c.get('tokens_out', 0)}  model {c.get('model')}",
+        f"       skips {skips}",
+        f"       cost {c.get('cost', 0.0):.6f} {cur}  day {c.get('day') or '-'} {c.get('calls_day', 0)}/"
+        f"{c.get('daily_cap', 0)} calls  month {c.get('month') or '-'} {c.get('spent_month', 0.0):.6f}/"
+        f"{c.get('monthly_budget', 0.0):g}"])
+
+
 def summary_text(s: dict[str, Any]) -> str:
     """The status summary as aligned lines."""
     risk = s.get("risk", {})
@@ -20,6 +36,8 @@ def summary_text(s: dict[str, Any]) -> str:
                                        for k, v in risk.items()))
     lines.append("tokens " + "  ".join(f"{k}={v}" for k, v in s.get("tokens", {}).items()))
     lines.append("positions " + (", ".join(f"{k} {v:g}" for k, v in s.get("positions", {}).items()) or "none"))
+    if "llm" in s:
+        lines.append(llm_text(s["llm"]))
     for sym, t in (s.get("tickers") or {}).items():
         score = "   -  " if t["score"] is None else f"{t['score']:+.3f}"
         lines.append(f"  {sym:<6} {t['tier']:<5} {score}  {t['decision']}")
@@ -41,7 +59,9 @@ class TerminalView:
 
     def update(self, minute: Any, summary: dict[str, Any] | None = None) -> None:
         """Redraw with the newest minute."""
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         from strategies import codes as C
 
@@ -55,9 +75,12 @@ class TerminalView:
         for j, sym in enumerate(names):
             sc = minute.scores[j] if j < len(minute.scores) else float("nan")
             table.add_row(sym, "-" if sc != sc else f"{sc:+.3f}", self.last.get(sym, C.DECISION_NAMES[0]))
+        shown: Any = table
         if summary:
             table.caption = summary_text(summary).splitlines()[0]
-        self.live.update(table)
+            if "llm" in summary:  # below the table, at full width
+                shown = Group(table, Text(llm_text(summary["llm"])))
+        self.live.update(shown)
 
     def close(self) -> None:
         """Stop redrawing."""

@@ -3,7 +3,7 @@
 run       the loop (sim step-mode replay with --sim-url, else Alpaca paper + its live bar stream)
 executor  the signals.raw consumer that places orders (AUTO_MODE=1) or only records them
 kill      set the account's kill switch, cancel open orders, flatten; the runner saves and stops
-status    the last bar's summary (SPEC §5 risk fields, positions, tokens); --json for machines
+status    the last bar's summary (SPEC §5 risk fields, positions, tokens, LLM counters); --json for machines
 
 `run` builds its parameters with strategies.params.Params.load: the --mode preset, the --params
 file, then TIERLAB_<FIELD> environment variables; a bad value is one line naming it (exit 2).
@@ -103,8 +103,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         view = TerminalView(params.mode)
         view.symbols = tuple(params.universe)
     runner = Runner(TieredBasketStrategy(params), store, History(key, secret, url=a.sim_url),
-                    init_cash=a.cash, events=events, budget=budget,
-                    on_minute=view.update if view else None)
+                    init_cash=a.cash, events=events, budget=budget)
+    if view is not None:
+        from live.llm import read_counters
+
+        def show(m: Any) -> None:
+            view.update(m, {**runner.summary(m.t, m.decisions, m.scores),
+                            "llm": read_counters(store.r, store.keys.prefix)})
+
+        runner.on_minute = show
     runner.resume()
     broker = _broker(a)
     stopping = {"now": False}
@@ -172,8 +179,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     if not h:
         print(f"no runner state for account {a.account} mode {a.mode} in {store.keys.prefix}*")
         return 1
+    from live.llm import read_counters
+
     summary = json.loads(h[b"summary"])
     summary["killed"] = store.killed()
+    summary["llm"] = read_counters(store.r, store.keys.prefix)  # None: the gate is off
     if a.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
