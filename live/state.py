@@ -215,3 +215,5 @@ class RedisState:
         """Remove this (account, strategy, mode)'s keys (tests and fresh replays only)."""
         k = self.keys
         self.r.delete(k.state, k.bar, k.decisions, k.signals, k.status, k.sent)
+        for key in self.r.scan_iter(match=k.prefix + "llm:*", count=1000):  # the LLM gate's cache and counters
+            self.r.delete(key)

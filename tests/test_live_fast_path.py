@@ -208,3 +208,17 @@ def test_a_second_life_catching_up_over_decided_minutes_keeps_the_stored_decisio
     got, want = _stored(second), _stored(alone)
     assert [r["t"] for r in got[0]] == [int(t.value // 1_000_000_000) for t in sess.index[:150]]  # once each
     assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
+
+
+def test_delete_all_removes_the_llm_gate_keys_of_its_namespace_only(redis_url: str, redis_prefix: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    mine = RedisState(r, Keys.of("acct", "tiered_basket", "default", root=redis_prefix))
+    other = RedisState(r, Keys.of("acct", "tiered_basket", "relaxed", root=redis_prefix))
+    for st in (mine, other):
+        r.set(st.keys.prefix + "llm:llm:cache:abc", "{}")
+        r.hset(st.keys.prefix + "llm:counters", "calls", 3)
+        r.set(st.keys.state, b"x")
+    mine.delete_all()
+    assert not list(r.scan_iter(match=mine.keys.prefix + "*"))
+    assert r.exists(other.keys.prefix + "llm:llm:cache:abc", other.keys.prefix + "llm:counters", other.keys.state) == 3
+    other.delete_all()
