@@ -13,11 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data.calendar import BAR, NEW_YORK
+from data.calendar import BAR, ny_days
 from tierlab.errors import DataError
-from tierlab.log import get_logger
-
-log = get_logger(__name__)
 
 EVENT_COLUMNS: tuple[str, ...] = ("time", "ticker", "form", "title", "url")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("url",)  # tables and CSVs written before url existed read as ""
@@ -85,10 +82,8 @@ def events_table(df: pd.DataFrame) -> pa.Table:
 def events_mask(events_df: pd.DataFrame, index: pd.DatetimeIndex, symbols: Sequence[str]) -> np.ndarray:
     """Bool (T, N): True at the first bar whose close is >= the event time, for each event's ticker.
 
-    Tickers not in `symbols` are ignored, and so are events at or before the close of the session
-    preceding the first bar's (they belong to an earlier session) or after the last bar's close. A
-    filing made overnight or before the open lands on the session's first bar, whether the panel
-    starts that day (a one-day backtest, the live runner's session) or earlier.
+    Tickers not in `symbols` are ignored, and so are events dated before the first bar's New York
+    session day (they belong to an earlier panel) or after the last bar's close.
     """
     t, n = len(index), len(symbols)
     mask = np.zeros((t, n), dtype=bool)
@@ -96,19 +91,6 @@ def events_mask(events_df: pd.DataFrame, index: pd.DatetimeIndex, symbols: Seque
         if p >= 0:
             mask[p, j] = True
     return mask
-
-
-def _previous_close_ns(first_bar: pd.Timestamp) -> int:
-    """Epoch ns of the close of the XNYS session before the one holding `first_bar` (its NY midnight
-    when the calendar does not reach that far back)."""
-    from data.calendar import calendar
-
-    day = pd.Timestamp(first_bar.tz_convert(NEW_YORK).date())
-    try:
-        return int(calendar().session_close(calendar().previous_session(day)).value)
-    except (ValueError, KeyError, LookupError) as e:  # before the calendar's first session
-        log.debug("previous_session_unknown", day=str(day.date()), reason=type(e).__name__)
-        return int(day.tz_localize(NEW_YORK).value)
 
 
 def event_cells(events_df: pd.DataFrame, index: pd.DatetimeIndex,
@@ -129,8 +111,9 @@ def event_cells(events_df: pd.DataFrame, index: pd.DatetimeIndex,
     if times.tz is None:
         raise DataError("events_mask: event times are tz-naive")
     ev = times.tz_convert("UTC").as_unit("ns").asi8
+    first_day = ny_days(pd.DatetimeIndex(index[:1]))[0]
     pos = np.searchsorted(closes, ev, side="left")
-    ok = (pos < t) & (ev > _previous_close_ns(pd.DatetimeIndex(index)[0]))
+    ok = (pos < t) & (ny_days(times) >= first_day)
     for i, (p, tk, good) in enumerate(zip(pos, events_df["ticker"].tolist(), ok, strict=True)):
         if good and tk in col:
             bars[i], cols[i] = p, col[tk]

@@ -39,6 +39,7 @@ from tierlab.log import get_logger
 
 log = get_logger(__name__)
 ORDER_BUF = 64
+CATCH_UP_CHECK = 50  # a catch-up reads the kill switch and writes the status summary every this many bars
 
 
 def ny_date(t: pd.Timestamp) -> dt.date:
@@ -104,8 +105,10 @@ class Runner:
         self.lookback = lb(p) if callable(lb) else None
         self.state = self.strategy.new_state(self.init_cash)
         self.n = len(self.symbols)
-        self.persist_failures = 0
-        self._inflight: list[Any] | None = None  # [bar epoch, commit args, still to send]: sent, not yet answered
+        self.persist_failures = 0  # commits retried while Redis was unreachable
+        self.redis_waits = 0  # token-bucket / LLM-gate calls retried while Redis was unreachable
+        self._inflight: list[Any] | None = None  # [bar epoch, commit args, still to send, Minute]: not answered yet
+        self._stored: list[Minute] = []  # minutes Redis stored during this decide / decide_through
         self.history_minutes: list[Minute] = []
 
     # ------------------------------------------------------------------ start / resume
@@ -169,15 +172,27 @@ class Runner:
                 self.add(got)
                 log.info("minutes_refetched", first=str(self.bars.index[missing[0]]), count=len(missing),
                          bars=len(got), reason="missed_bars")
-        # a catch-up: commits pipelined (bar r+1 is decided while Redis stores bar r), the status summary
-        # written with the newest bar only (the ones before it would be overwritten unread)
-        out = []
-        for r in range(start, r_end + 1):
+        # a catch-up: commits pipelined (bar r+1 is decided while Redis stores bar r); the status summary
+        # and the kill switch every CATCH_UP_CHECK bars and with the newest one
+        self._stored = []
+        for n, r in enumerate(range(start, r_end + 1), 1):
             if int(self.bars.open_epoch[r]) <= self.last_epoch:
                 continue  # an earlier life decided it: its state was adopted when Redis refused our commit
-            out.append(self._decide(r, status=r == r_end))
+            if n % CATCH_UP_CHECK == 0 and self._kill_set():
+                log.warning("catch_up_stopped", bar=_iso(self.last_epoch), rule="kill", reason="kill switch set")
+                break
+            self._decide(r, status=r == r_end or n % CATCH_UP_CHECK == 0)
         self.settle()  # every commit is answered before this returns
+        out, self._stored = self._stored, []
         return out
+
+    def _kill_set(self) -> bool:
+        """The account's kill switch, read once the commits sent are stored (unreadable: not set, go on)."""
+        self.settle()
+        try:
+            return self.store.killed()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
 
     def _inputs(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """Row r's scores and events: the strategy's own per-bar `score_row` (bit for bit the vectorized
@@ -224,15 +239,19 @@ class Runner:
                   pvec, self.struct, dec, dscore, tok, counts, stats, ob_i, ob_f, n_orders, ev_f, n_ev, fresh)
         return Step(dec, stats, ob_i[: n_orders[0]], ob_f[: n_orders[0]], tok, dscore, ev_f[: n_ev[0]].copy())
 
-    def decide(self, r: int) -> Minute:
-        """Decide row r of the session: score, step (within the shared token budget), persist, publish."""
-        m = self._decide(r)
-        self.settle()
-        return m
+    def decide(self, r: int) -> Minute | None:
+        """Decide row r of the session: score, step (within the shared token budget), persist, publish.
 
-    def _decide(self, r: int, status: bool = True) -> Minute:
-        """`decide` whose commit is sent once the previous bar's is answered, without waiting for its own;
-        `status=False` leaves the status summary of the bar out of the commit."""
+        None when an earlier life of this runner had decided it (Redis keeps that decision)."""
+        self._stored = []
+        self._decide(r)
+        self.settle()
+        out, self._stored = self._stored, []
+        return out[0] if out else None
+
+    def _decide(self, r: int, status: bool = True) -> None:
+        """`decide` whose commit is sent once the previous bar's is answered, without waiting for its own
+        (its Minute goes out when Redis has stored it); `status=False` leaves the status summary out."""
         t0 = time.perf_counter()
         b = self.bars
         assert b is not None
@@ -245,11 +264,15 @@ class Runner:
 
             self.llm = live_llm_from_env(self.params, self.store.r, self.store.keys.prefix, log=log.info)
         llm_calls = 0
-        if self.llm is not None and (ev & np.isfinite(score)).any():
+        llm_due = self.llm is not None and bool((ev & np.isfinite(score)).any())
+        if (llm_due or self.budget is not None) and not self._settled(r, status):
+            return  # the gate's and the bucket's Redis calls wait until the bar before is stored
+        if llm_due:
             dry = self._step(r, score, ev, self.pvec)  # the threshold this bar's decision uses (SPEC §8), from
             min_score = float(K.decision_llm_min_nb(self.state, dry.events, 0, len(dry.events)))  # the kernel
             self.state = _copy_state(before)
-            score, llm_calls = self.llm.step_inputs(self._window_inputs(r), self.events, min_score)
+            score, llm_calls = self._waiting_out("llm_gate", self.llm.step_inputs, self._window_inputs(r), self.events,
+                                                 min_score)
         st = self._step(r, score, ev, self.pvec, llm_calls=llm_calls)
         if self.budget is not None:
             st = self._within_budget(r, t, before, score, ev, st, llm_calls)
@@ -268,16 +291,19 @@ class Runner:
                   "stats": stats.tolist(), "llm_calls": llm_calls}
         summary = self.summary(t, dec, score) if status else None
         args = commit_args(epoch, state_to_bytes(self.state), record, signals, summary)
-        if not self.settle():  # the previous bar had been decided by an earlier life: its state is now loaded
-            if self.last_epoch < epoch:
-                return self._decide(r, status)
-        else:
-            self._inflight = [epoch, args, True]
-            self._send()
-        m = Minute(t, dec, score, fills, signals, time.perf_counter() - t0)
-        if self.on_minute is not None:
-            self.on_minute(m)
-        return m
+        if not self._settled(r, status):
+            return
+        self._inflight = [epoch, args, True, Minute(t, dec, score, fills, signals, time.perf_counter() - t0)]
+        self._send()
+
+    def _settled(self, r: int, status: bool) -> bool:
+        """Settle the commit in flight; False when Redis refused it (an earlier life had decided that bar):
+        the stored state is loaded and bar r decided again from it, unless that life decided r too."""
+        if self.settle():
+            return True
+        if self.last_epoch < int(self.bars.open_epoch[r]):  # type: ignore[union-attr]
+            self._decide(r, status)
+        return False
 
     def _within_budget(self, r: int, t: pd.Timestamp, before: K.State, score: np.ndarray, ev: np.ndarray,
                        st: Step, llm_calls: int = 0) -> Step:
@@ -291,7 +317,7 @@ class Runner:
         op = f"{self.store.keys.prefix}{minute}"
         for attempt in range(5):
             used = _tokens_used(st.stats)
-            ok, remaining = self.budget.consume(minute, used, op_id=op)
+            ok, remaining = self._waiting_out("token_budget", self.budget.consume, minute, used, op_id=op)
             if ok:
                 if attempt:
                     log.info("token_budget_shared", time=str(t), used=used, rule="token",
@@ -302,6 +328,25 @@ class Runner:
             pvec[K.P_TOK_A], pvec[K.P_TOK_B], pvec[K.P_TOK_R] = (float(x) for x in remaining)
             st = self._step(r, score, ev, pvec, llm_calls=llm_calls)  # the bar's LLM calls stay in the surge window
         raise RuntimeError(f"token budget: no consistent take after 5 attempts at {t}")
+
+    def _waiting_out(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call `fn` (idempotent: the bucket's op id, the gate's cache) until Redis answers; nothing is
+        decided, stored or published meanwhile."""
+        waited = 0
+        while True:
+            try:
+                out = fn(*args, **kwargs)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if waited == 0:
+                    log.error("redis_unreachable", what=what, reason=type(e).__name__,
+                              action="no decision until Redis answers; retrying")
+                self.redis_waits += 1
+                waited += 1
+                time.sleep(self.retry_s)
+        if waited:
+            log.info("redis_back", what=what, retries=waited)
+        return out
 
     def _signals(self, bar_iso: str, now: int, dec: np.ndarray, score: np.ndarray, oi: np.ndarray) -> list[dict]:
         """One entry per decision; order entries carry the intent; a filled entry re-anchors its exits."""
@@ -342,8 +387,9 @@ class Runner:
         try:
             self.store.send_commit(self._inflight[1])
             self._inflight[2] = False
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("commit_send_failed", bar=_iso(self._inflight[0]), reason=type(e).__name__,
+                        action="sent again before the next bar")
 
     def settle(self) -> bool:
         """Wait until Redis has answered the commit in flight; while Redis is unreachable keep sending it
@@ -352,7 +398,7 @@ class Runner:
         """
         if self._inflight is None:
             return True
-        bar_epoch, args, need_send = self._inflight
+        bar_epoch, args, need_send, minute = self._inflight
         waited = 0
         while True:
             try:
@@ -382,6 +428,9 @@ class Runner:
                 log.warning("bar_already_decided", bar=_iso(bar_epoch), reason="kept_the_stored_decision")
                 return False
         self.last_epoch = bar_epoch
+        self._stored.append(minute)
+        if self.on_minute is not None:
+            self.on_minute(minute)
         return True
 
     # ------------------------------------------------------------------ views

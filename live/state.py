@@ -138,10 +138,11 @@ class RedisState:
     def send_commit(self, args: Sequence[Any]) -> None:
         """Send one commit (`commit_args`) on a connection of its own without waiting for the answer.
 
-        Redis runs commands of one connection in order, so commits sent bar after bar are applied bar
-        after bar; `read_commit` takes the answers. Lets the runner decide the next minute of a
-        catch-up while Redis stores the last one.
+        One commit is in flight at a time (`read_commit` takes its answer before the next is sent).
+        Lets the runner decide the next minute of a catch-up while Redis stores the last one.
         """
+        if self._sent:  # one in flight: a lost script cache (NoScriptError) is then answered unambiguously
+            raise RuntimeError("send_commit: the previous commit is not answered yet (read_commit first)")
         if self._conn is None:
             self._conn = self.r.connection_pool.make_connection()
         keys = self._commit_keys()
@@ -153,7 +154,7 @@ class RedisState:
         self._sent.append(args)
 
     def read_commit(self) -> bool:
-        """The answer of the oldest commit sent and not read: False when its bar was already decided."""
+        """The answer of the commit in flight: False when its bar was already decided."""
         assert self._conn is not None and self._sent
         try:
             try:

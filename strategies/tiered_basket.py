@@ -513,10 +513,13 @@ def state_from_bytes(blob: bytes) -> K.State:
         n = int.from_bytes(blob[8:12], "little")
         pos = 12 + n
         arrays = {}
-        for name, dtype, shape in json.loads(blob[12:pos]):
-            a = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)), offset=pos)
-            arrays[name] = a.reshape(shape).copy()
-            pos += a.nbytes
+        try:
+            for name, dtype, shape in json.loads(blob[12:pos]):
+                a = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape, dtype=np.int64)), offset=pos)
+                arrays[name] = a.reshape(shape).copy()
+                pos += a.nbytes
+        except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError; so is a short buffer
+            raise DataError(f"saved state: corrupt ({e}); start the session from a new state") from None
         if pos != len(blob):
             raise DataError(f"saved state: {len(blob) - pos} bytes past its last array; the blob is corrupt")
     else:

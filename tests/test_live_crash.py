@@ -203,3 +203,47 @@ def test_redis_stopped_for_10s_holds_orders_and_resumes(private_redis: tuple[str
                 p.terminate()
                 p.wait(10)
         sim.stop()
+
+
+def test_redis_stopped_during_a_catch_up_with_shared_tokens_is_waited_out(
+        private_redis: tuple[str, Path, int], tmp_path: Path) -> None:
+    """A catch-up decides bar r+1 while Redis stores bar r, and each bar takes its tokens from the account's
+    bucket: Redis stopping right after a commit is sent, then coming back, leaves exactly what an
+    uninterrupted catch-up leaves (every bar stored once, the same signals and state)."""
+    import threading
+
+    from test_live_fast_path import _bars, _runner, _session, _stored
+
+    from live.tokens import RedisTokenBucket
+
+    url, workdir, port = private_redis
+    sess, events, p = _session("2024-11-13", "relaxed")
+    day = sess.index[0].tz_convert("America/New_York").date()
+    runs = {}
+    for account in ("calm", "outage"):
+        rn = _runner(url, f"tierlab-test:{uuid.uuid4().hex[:8]}:", account, p, events)
+        rn.retry_s = 0.05
+        rn.budget = RedisTokenBucket(rn.store.r, rn.store.keys.tokens, p.tokens_a, p.tokens_b, p.tokens_reserve)
+        rn.open_session(day)
+        rn.add(_bars(sess, 0, 120))
+        runs[account] = rn
+    runs["calm"].decide_through(sess.index[119])
+    rn = runs["outage"]
+    send, stop_at = rn._send, int(sess.index[60].value // 1_000_000_000)
+    restarted = []
+
+    def send_then_stop_redis() -> None:
+        send()
+        if rn._inflight[0] == stop_at and not restarted:
+            subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(port), "shutdown"],
+                           capture_output=True, check=False)
+            restarted.append(threading.Timer(1.0, lambda: restarted.append(_start_redis(port, workdir))))
+            restarted[0].start()
+
+    rn._send = send_then_stop_redis  # type: ignore[method-assign]
+    minutes = rn.decide_through(sess.index[119])
+    assert len(restarted) == 2, "Redis was not stopped and started again"
+    assert len(minutes) == 120 and rn.persist_failures + rn.redis_waits > 0, "the outage was never met"
+    got, want = _stored(rn), _stored(runs["calm"])
+    assert [r["t"] for r in got[0]] == [int(t.value // 1_000_000_000) for t in sess.index[:120]]
+    assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
