@@ -186,10 +186,17 @@ class OutcomeUnknown(BrokerError):
 
 
 class OversellRefused(BrokerError):
-    """A sell for shares that are not held (or already promised to open orders); nothing was sent."""
+    """A sell for shares that are not held (or already promised to open orders); nothing was sent.
 
-    def __init__(self, message: str) -> None:
+    `transient` when shares are held but all promised to open orders (e.g. legs whose cancel is not
+    yet confirmed): the same sell may go through once they are gone. Nothing held is definitive.
+    """
+
+    def __init__(self, message: str, *, held: float = 0.0, available: float = 0.0) -> None:
         super().__init__(message, status=None, retryable=False)
+        self.held = held
+        self.available = available
+        self.transient = held > 0
 
 
 # ---------------------------------------------------------------------- results
@@ -480,7 +487,7 @@ class AlpacaBroker:
             why = "nothing held" if held <= 0 else f"all {held:g} held shares are promised to open orders"
             log.warning("sell_refused", qty=intent.qty, held=held, available=free, reason=why, **ctx)
             raise OversellRefused(f"sell {intent.qty:g} {intent.symbol} refused: {why} (a sell beyond "
-                                  f"the holding would open a short)")
+                                  f"the holding would open a short)", held=held, available=free)
         log.warning("sell_clamped", qty=intent.qty, held=held, available=free, new_qty=free,
                     reason="sell larger than free shares", **ctx)
         return dataclasses.replace(intent, qty=free)

@@ -1,7 +1,10 @@
 """The executor: reads `signals.raw` in a consumer group and places the orders through the broker (SPEC §9).
 
 Exactly once: an entry is acknowledged only after the broker has the order (its answer, or a
-lookup by client_order_id finds it), or after the broker refused it for good (logged). Entries a
+lookup by client_order_id finds it), or after a definitive refusal (the broker's 4xx, or a sell of
+shares not held, which sends nothing: recorded and logged). An entry whose outcome stays unknown is
+left pending and retried each pass; the same symbol's later orders and all buys wait behind it,
+other symbols' exits and re-anchors go on (they only reduce risk). Entries a
 crashed executor left pending are read again on start (this consumer's own history) and taken
 over from other consumers with XAUTOCLAIM; the idempotent client_order_id makes a second submit
 a lookup, never a second order. `auto=False` (AUTO_MODE=0) records signals without ordering.
@@ -36,6 +39,30 @@ def in_session(t: pd.Timestamp) -> bool:
     return bool(cal.session_open(day) <= t < cal.session_close(day))
 
 
+def maybe_placed(e: BaseException) -> bool:
+    """True when a failed submit may still have placed the order, or may succeed when tried again later.
+
+    Such an outcome is looked up by client_order_id and left pending, never rejected: a timeout or a
+    dropped connection, a retryable error (429/5xx, retries exhausted, OutcomeUnknown), an answer
+    that was lost or not understood. Definitive refusals (the broker's 4xx; OversellRefused and bad
+    prices, which send nothing) are not: they are recorded as rejects. A sell refused only because
+    the held shares are still promised to orders being canceled is retried (OversellRefused.transient).
+    """
+    if not isinstance(e, BrokerError):
+        return True
+    return bool(e.retryable or getattr(e, "outcome_unknown", False) or getattr(e, "unparsed", False)
+                or getattr(e, "transient", False))
+
+
+class _Held:
+    """What one drain pass holds back: symbols with a stuck entry, symbols queued behind one, a count."""
+
+    def __init__(self) -> None:
+        self.stuck: set[str] = set()
+        self.symbols: set[str] = set()
+        self.waiting = 0
+
+
 def round_tick(price: float) -> float:
     """A valid price tick: cents from $1, hundredths of a cent below (Alpaca refuses sub-penny prices)."""
     return round(price, 2) if price >= 1.0 else round(price, 4)
@@ -57,43 +84,86 @@ class Executor:
         self.tick_round = tick_round
         self._now = now
         self.counts = {"processed": 0, "orders": 0, "rejects": 0, "blocked": 0, "unknown": 0}
+        self._stuck: dict[bytes, tuple[float, int]] = {}  # entry id -> (first failure, attempts)
         store.ensure_group()
 
     # ------------------------------------------------------------------ reading
-    def _read(self, block_ms: int | None) -> list[tuple[bytes, dict]]:
+    def drain(self, block_ms: int | None = None) -> int:
+        """Handle every waiting entry once (own pending first, then idle ones of others, then new); returns acks.
+
+        An entry that cannot be acknowledged (its outcome is unknown) stays pending and is retried on
+        the next pass. Entries behind it wait when order matters: the same symbol's (they must go in
+        order) and every buy (it could pair with the stuck order, SPEC §6, or need the cash it frees).
+        Other symbols' sells and re-anchored exits go on: they only ever reduce risk.
+        """
         k = self.store.keys.signals
-        own = self.r.xreadgroup(GROUP, self.consumer, {k: "0"}, count=100)
-        entries = own[0][1] if own else []
-        if entries:
-            return entries
+        held = _Held()
+        done = 0
+        last = "0"
+        while True:  # this consumer's pending entries (a crashed life's, or ones held back), every page
+            own = self.r.xreadgroup(GROUP, self.consumer, {k: last}, count=100)
+            entries = own[0][1] if own else []
+            if not entries:
+                break
+            done += self._batch(entries, held)
+            last = entries[-1][0]
         claimed = self.r.xautoclaim(k, GROUP, self.consumer, self.min_idle_ms, "0-0", count=100)
         if claimed and claimed[1]:
             log.info("signals_reclaimed", count=len(claimed[1]), reason="idle_pending_of_another_consumer")
-            return claimed[1]
-        got = self.r.xreadgroup(GROUP, self.consumer, {k: ">"}, count=100, block=block_ms)
-        return got[0][1] if got else []
-
-    def drain(self, block_ms: int | None = None) -> int:
-        """Handle entries until none is waiting; returns how many were acknowledged."""
-        done = 0
+            done += self._batch(claimed[1], held)
         while True:
-            entries = self._read(block_ms)
+            got = self.r.xreadgroup(GROUP, self.consumer, {k: ">"}, count=100, block=block_ms)
+            entries = got[0][1] if got else []
             if not entries:
-                return done
+                break
+            done += self._batch(entries, held)
+            block_ms = None
+        if held.waiting:
+            log.error("orders_waiting", count=held.waiting, stuck=",".join(sorted(held.stuck)),
+                      held_back=",".join(sorted(held.symbols - held.stuck)),
+                      reason="an order with an unknown outcome is not yet resolved",
+                      action="retried on the next pass; same-symbol orders and buys wait behind it")
+        return done
+
+    def _batch(self, entries: list[tuple[bytes, dict | None]], held: _Held) -> int:
+        """Handle entries in stream order; acknowledge the handled ones; hold back what must wait."""
+        acks: list[bytes] = []
+        try:
             for eid, fields in entries:
                 if fields is None:  # deleted entry still pending: just ack it
-                    self.r.xack(self.store.keys.signals, GROUP, eid)
+                    acks.append(eid)
                     continue
                 f = {a.decode(): b.decode() for a, b in fields.items()}
+                sym = f.get("symbol", "")
+                orders = f.get("kind") in ("order", "protect") and self.auto
+                if orders and (sym in held.symbols or (held.stuck and f.get("side") == "buy")):
+                    held.symbols.add(sym)  # keeps this symbol's later entries in order behind it
+                    held.waiting += 1
+                    continue
                 if self.handle(f):
-                    self.r.xack(self.store.keys.signals, GROUP, eid)
-                    done += 1
-                else:
-                    return done  # keep order: retry this entry later
-            block_ms = None
+                    acks.append(eid)
+                    self._stuck.pop(eid, None)
+                    continue
+                held.stuck.add(sym)
+                held.symbols.add(sym)
+                held.waiting += 1
+                first, tries = self._stuck.get(eid, (self._now(), 0))
+                self._stuck[eid] = (first, tries + 1)
+                log.error("order_stuck", ticker=sym, client_order_id=f.get("client_order_id") or None,
+                          kind=f.get("kind"), attempts=tries + 1, stuck_s=round(self._now() - first, 1),
+                          reason="outcome unknown: not acknowledged",
+                          action="retried on the next pass; this symbol's later orders and all buys wait")
+        finally:
+            if acks:
+                self.r.xack(self.store.keys.signals, GROUP, *acks)
+        return len(acks)
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
-        """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost)."""
+        """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost).
+
+        An entry left pending is retried once per pass, and a pass with nothing new waits `block_ms`,
+        so a stuck order is retried about twice a second, not in a tight loop.
+        """
         while True:
             try:
                 if stop():
@@ -143,17 +213,20 @@ class Executor:
             if it.side == "sell":
                 self._cancel_open(it.symbol)
             order = self.broker.submit(it)
-        except BrokerError as e:
-            if e.retryable or e.status is None:
+        except Exception as e:
+            if maybe_placed(e):
                 return self._lookup(cid, it.symbol, e)
-            self.counts["rejects"] += 1
-            self._record(cid, it.symbol, "rejected", str(e))
-            log.warning("order_rejected", ticker=it.symbol, client_order_id=cid, reason=str(e), status=e.status)
-            return True
-        except Exception as e:  # unknown outcome (timeout, connection dropped after sending)
-            return self._lookup(cid, it.symbol, e)
+            return self._reject(cid, it.symbol, e, "order_rejected")
         self.counts["orders"] += 1
         self._record(cid, it.symbol, str(getattr(order.status, "value", order.status)), str(order.id))
+        return True
+
+    def _reject(self, cid: str, symbol: str, e: BaseException, event: str) -> bool:
+        """A definitive refusal (the broker's 4xx, or nothing sent at all): recorded, logged, acknowledged."""
+        self.counts["rejects"] += 1
+        self._record(cid, symbol, "rejected", str(e))
+        log.warning(event, ticker=symbol, client_order_id=cid, reason=str(e), status=getattr(e, "status", None),
+                    error=type(e).__name__, action="acknowledged; not retried")
         return True
 
     def _lookup(self, cid: str, symbol: str, err: BaseException) -> bool:
@@ -163,7 +236,7 @@ class Executor:
             o = self.broker.order_by_client_id(cid)
         except Exception as e:
             log.warning("order_outcome_unknown", ticker=symbol, client_order_id=cid, reason=type(err).__name__,
-                        lookup=type(e).__name__, action="left pending; retried later")
+                        detail=str(err)[:200], lookup=type(e).__name__, action="left pending; retried later")
             return False
         log.info("order_found_by_lookup", ticker=symbol, client_order_id=cid, status=str(o.status))
         self.counts["orders"] += 1
@@ -216,11 +289,9 @@ class Executor:
         except BrokerError as e:
             if e.status in (409, 422) and "unique" in str(e):
                 return True  # placed by an earlier life of this executor
-            if e.retryable or e.status is None:
+            if maybe_placed(e):
                 return self._lookup(cid, sym, e)
-            self.counts["rejects"] += 1
-            log.warning("reanchor_rejected", ticker=sym, client_order_id=cid, reason=str(e), status=e.status)
-            return True
+            return self._reject(cid, sym, e, "reanchor_rejected")
         except Exception as e:
             return self._lookup(cid, sym, e)
         self._record(cid, sym, str(getattr(o.status, "value", o.status)), str(o.id))

@@ -1,0 +1,151 @@
+"""live.executor against live.sim and a real Redis: refusals are recorded and acknowledged, a stuck
+order holds back only what must wait behind it, and exits cancel the legs the executor placed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+import requests
+
+from data.bars import Panel
+from live.broker import AlpacaBroker
+from live.executor import Executor
+from live.sim import SimConfig, SimServer
+from live.state import GROUP, Keys, RedisState
+from strategies.intents import OrderIntent
+from tierlab.errors import BrokerError
+
+pytestmark = pytest.mark.redis
+
+T0 = pd.Timestamp("2024-11-01 14:00", tz="UTC")  # a Friday, inside the XNYS session
+STRATEGY = "tiered_basket"
+
+
+def _panel() -> Panel:
+    idx = pd.date_range("2024-11-01 13:30", periods=60, freq="1min", tz="UTC")
+    one = np.full((len(idx), 3), 10.0)
+    return Panel(index=idx, symbols=("AAA", "BBB", "CCC"), open=one, high=one + 0.1, low=one - 0.1, close=one,
+                 volume=np.full((len(idx), 3), 1e7))
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(_panel(), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as s:
+        s.step(2)  # the session is open and has a price
+        yield s
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisState]:
+    st = RedisState(redis.Redis.from_url(redis_url), Keys.of("test", STRATEGY, "default",
+                                                              root=f"tierlab-test:{uuid.uuid4().hex[:10]}:"))
+    st.ensure_group()
+    yield st
+    st.delete_all()
+
+
+def _intent(sym: str, side: str, qty: float, minute: int, intent: str, **kw: Any) -> OrderIntent:
+    return OrderIntent(STRATEGY, sym, side, qty, T0 + pd.Timedelta(minutes=minute + 1), intent=intent, **kw)
+
+
+def _publish(store: RedisState, it: OrderIntent) -> None:
+    """One order entry on signals.raw, as the runner writes it."""
+    bar = it.bar_time - pd.Timedelta(minutes=1)
+    store.r.xadd(store.keys.signals, {
+        "kind": "order", "symbol": it.symbol, "code": 1, "reason": it.intent, "score": "0.5",
+        "bar_time": bar.isoformat(), "mode": "default", "strategy": STRATEGY,
+        "client_order_id": it.client_order_id, "side": it.side, "qty": repr(float(it.qty)), "intent": it.intent,
+        "decided": str(int(it.bar_time.timestamp())), "stop_loss": "" if it.stop_loss is None else it.stop_loss,
+        "take_profit": "" if it.take_profit is None else it.take_profit})
+
+
+def _sent(store: RedisState) -> dict[str, str]:
+    return {f[b"client_order_id"].decode(): f[b"status"].decode() for _, f in store.r.xrange(store.keys.sent)}
+
+
+def _pending(store: RedisState) -> int:
+    return int(store.r.xpending(store.keys.signals, GROUP)["pending"])
+
+
+def _at_broker(sim: SimServer) -> list[str]:
+    """client_order_ids of the sim's orders, in the order they arrived (legs excluded)."""
+    return sim.call(lambda: [o.client_order_id for o in sim.engine.orders.values() if o.parent is None])
+
+
+def test_oversell_is_recorded_as_rejected_and_the_next_order_goes_through(sim: SimServer, store: RedisState) -> None:
+    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    oversell = _intent("AAA", "sell", 5, 0, "signal_exit")  # nothing held: refused before anything is sent
+    buy = _intent("BBB", "buy", 3, 0, "entry")
+    _publish(store, oversell)
+    _publish(store, buy)
+    ex.drain()
+    assert _at_broker(sim) == [buy.client_order_id]
+    assert _sent(store)[oversell.client_order_id] == "rejected"
+    assert _pending(store) == 0 and ex.counts["rejects"] == 1
+
+
+class _Flaky(AlpacaBroker):
+    """A broker whose answer to one client_order_id is lost (and cannot be looked up) until `heal()`."""
+
+    def __init__(self, *a: Any, lost: str, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.lost: str | None = lost
+
+    def submit(self, intent: OrderIntent, **kw: Any) -> Any:
+        if intent.client_order_id == self.lost:
+            raise requests.ReadTimeout("read timed out")
+        return super().submit(intent, **kw)
+
+    def order_by_client_id(self, cid: str) -> Any:
+        if cid == self.lost:
+            raise BrokerError("lookup failed: HTTP 503", status=503, retryable=True)
+        return super().order_by_client_id(cid)
+
+
+def test_a_stuck_order_holds_back_its_symbol_and_buys_while_other_exits_go_on(sim: SimServer,
+                                                                               store: RedisState) -> None:
+    setup = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    setup.submit(_intent("CCC", "buy", 4, -5, "entry"))
+    sim.step(1)  # CCC filled: 4 held
+    stuck = _intent("AAA", "buy", 2, 0, "entry")
+    broker = _Flaky(sim.api_key, sim.secret_key, url=sim.url, lost=stuck.client_order_id)
+    ex = Executor(store, broker)
+    behind_buy = _intent("BBB", "buy", 3, 0, "entry")
+    same_symbol = _intent("AAA", "buy", 1, 1, "entry")
+    other_exit = _intent("CCC", "sell", 4, 1, "signal_exit")
+    for it in (stuck, behind_buy, same_symbol, other_exit):
+        _publish(store, it)
+    ex.drain()
+    before = _at_broker(sim)
+    assert other_exit.client_order_id in before  # an exit of another symbol is not held hostage
+    assert not {stuck.client_order_id, behind_buy.client_order_id, same_symbol.client_order_id} & set(before)
+    assert _pending(store) == 3
+    ex.drain()  # still unresolved: nothing moves, nothing is lost
+    assert _pending(store) == 3
+    broker.lost = None  # the broker answers again: the three go, in stream order
+    ex.drain()
+    assert _at_broker(sim)[len(before):] == [stuck.client_order_id, behind_buy.client_order_id,
+                                             same_symbol.client_order_id]
+    assert _pending(store) == 0
+
+
+def test_refusals_that_sent_nothing_are_final_but_unknown_outcomes_are_looked_up() -> None:
+    from live.broker import OutcomeUnknown, OversellRefused
+    from live.executor import maybe_placed
+
+    assert not maybe_placed(OversellRefused("nothing held", held=0.0, available=0.0))
+    assert not maybe_placed(BrokerError("base price 0.01 leaves no room for a stop", retryable=False))
+    assert not maybe_placed(BrokerError("HTTP 403 insufficient buying power", status=403))
+    # shares held but promised to legs whose cancel is not confirmed yet: the exit must not be dropped
+    assert maybe_placed(OversellRefused("all 5 held shares are promised", held=5.0, available=0.0))
+    assert maybe_placed(OutcomeUnknown("lookup failed", "tl-x", 503))
+    assert maybe_placed(BrokerError("HTTP 500", status=500, retryable=True))
+    assert maybe_placed(requests.ReadTimeout("read timed out"))
