@@ -13,6 +13,8 @@ Nothing is sent outside the XNYS regular session (own gate: Alpaca would queue i
 
 from __future__ import annotations
 
+import datetime
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -32,11 +34,19 @@ log = get_logger(__name__)
 
 def in_session(t: pd.Timestamp) -> bool:
     """True when `t` (UTC) lies inside an XNYS regular session (half days and holidays included)."""
+    hours = _session_hours(t.tz_convert("America/New_York").date())
+    return hours is not None and hours[0] <= t < hours[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _session_hours(day: datetime.date) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(open, close) of the XNYS session on a New York date, None on a holiday or weekend (once per day:
+    the calendar's lookups cost ~0.3 ms, every order entry asks twice)."""
     cal = calendar()
-    day = pd.Timestamp(t.tz_convert("America/New_York").date())
-    if not cal.is_session(day):
-        return False
-    return bool(cal.session_open(day) <= t < cal.session_close(day))
+    d = pd.Timestamp(day)
+    if not cal.is_session(d):
+        return None
+    return cal.session_open(d), cal.session_close(d)
 
 
 def maybe_placed(e: BaseException) -> bool:
@@ -85,6 +95,10 @@ class Executor:
         self._now = now
         self.counts = {"processed": 0, "orders": 0, "rejects": 0, "blocked": 0, "unknown": 0}
         self._stuck: dict[bytes, tuple[float, int]] = {}  # entry id -> (first failure, attempts)
+        # symbol -> ("bracket" | "oco", id of one member): the exit orders this executor placed, canceled by
+        # id before the next sell or re-anchor instead of listing the symbol's open orders first
+        self._groups: dict[str, tuple[str, str]] = {}
+        self._records: list[dict[str, str]] = []  # written with the batch's acks, in one round trip
         store.ensure_group()
 
     # ------------------------------------------------------------------ reading
@@ -154,9 +168,21 @@ class Executor:
                           reason="outcome unknown: not acknowledged",
                           action="retried on the next pass; this symbol's later orders and all buys wait")
         finally:
-            if acks:
-                self.r.xack(self.store.keys.signals, GROUP, *acks)
+            self._flush(acks)
         return len(acks)
+
+    def _flush(self, acks: list[bytes]) -> None:
+        """The batch's order records, then its acknowledgements, in one round trip (a crash before it only
+        means the entries are read again: their client_order_ids make that a lookup, never a second order)."""
+        if not (acks or self._records):
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for rec in self._records:
+            pipe.xadd(self.store.keys.sent, rec)
+        if acks:
+            pipe.xack(self.store.keys.signals, GROUP, *acks)
+        self._records = []
+        pipe.execute()
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
         """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost).
@@ -208,17 +234,27 @@ class Executor:
 
     def _order(self, f: dict[str, str]) -> bool:
         it = self._intent(f)
-        cid = it.client_order_id
+        cid, sym = it.client_order_id, it.symbol
         try:
-            if it.side == "sell":
-                self._cancel_open(it.symbol)
-            order = self.broker.submit(it)
+            release = None
+            if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
+                if self._cancel_known(sym, ("oco",), it.intent):
+                    release = lambda: self._cancel_listed(sym, it.intent)  # noqa: E731 (if shares stay promised)
+                else:
+                    self._cancel_listed(sym, it.intent)
+            order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
         except Exception as e:
+            self._groups.pop(sym, None)
             if maybe_placed(e):
-                return self._lookup(cid, it.symbol, e)
-            return self._reject(cid, it.symbol, e, "order_rejected")
+                return self._lookup(cid, sym, e)
+            return self._reject(cid, sym, e, "order_rejected")
         self.counts["orders"] += 1
-        self._record(cid, it.symbol, str(getattr(order.status, "value", order.status)), str(order.id))
+        self._record(cid, sym, str(getattr(order.status, "value", order.status)), str(order.id))
+        legs = list(getattr(order, "legs", None) or [])
+        if it.side == "buy" and legs:
+            self._groups[sym] = ("bracket", str(legs[0].id))
+        else:
+            self._groups.pop(sym, None)
         return True
 
     def _reject(self, cid: str, symbol: str, e: BaseException, event: str) -> bool:
@@ -250,14 +286,37 @@ class Executor:
         req = GetOrdersRequest(status=QueryOrderStatus.OPEN, symbols=[symbol], nested=False, limit=500)
         return list(self.broker._call("get_orders", self.broker.client.get_orders, req, ticker=symbol))
 
-    def _cancel_open(self, symbol: str) -> None:
-        """Cancel the symbol's working orders (bracket legs) before a kernel exit sells the position."""
+    def _cancel_known(self, symbol: str, kinds: tuple[str, ...], reason: str) -> bool:
+        """Cancel the exit orders this executor placed for `symbol` by id (one request); False when it cannot.
+
+        A bracket's legs are one OCO group, as is an OCO with its stop: canceling one member frees
+        the group's shares. False (the caller lists the symbol's open orders instead) when nothing is
+        known (a restart, another executor), the kind does not fit (an entry may still be working),
+        or the broker says the order is gone (404/422: filled, canceled or replaced meanwhile). The
+        broker stays the truth: the sell's share check and the OCO's own refusal catch the rest.
+        """
+        known = self._groups.pop(symbol, None)
+        if known is None or known[0] not in kinds:
+            return False
+        try:
+            self.broker.cancel(known[1])
+        except BrokerError as e:
+            if e.status in (404, 422):
+                log.info("cancel_by_id_missed", ticker=symbol, order_id=known[1], status=e.status, reason=reason,
+                         action="canceling every open order of the symbol instead")
+                return False
+            raise
+        log.info("order_canceled", ticker=symbol, order_id=known[1], group=known[0], reason=reason)
+        return True
+
+    def _cancel_listed(self, symbol: str, reason: str = "kernel_exit") -> None:
+        """Cancel every open order of the symbol the broker lists (bracket legs, OCOs, entries still working)."""
         for o in self._open_orders(symbol):
             try:
                 self.broker.cancel(str(o.id))
-                log.info("order_canceled", ticker=symbol, client_order_id=o.client_order_id, reason="kernel_exit")
+                log.info("order_canceled", ticker=symbol, client_order_id=o.client_order_id, reason=reason)
             except BrokerError as e:
-                if e.status != 422:  # 422: already filled/canceled meanwhile
+                if e.status not in (404, 422):  # already filled/canceled meanwhile (an OCO partner goes with it)
                     raise
 
     def _protect(self, f: dict[str, str]) -> bool:
@@ -278,14 +337,26 @@ class Executor:
         cid = client_order_id(f["strategy"], sym, pd.Timestamp(f["bar_time"]), "protect")
         if self.tick_round:
             stop, tp = round_tick(stop), round_tick(tp)
+        req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                                limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
+                                take_profit=TakeProfitRequest(limit_price=tp), stop_loss=StopLossRequest(stop_price=stop))
+
+        def place() -> Any:
+            return self.broker._call("submit_order", self.broker.client.submit_order, req, ticker=sym,
+                                     client_order_id=cid)
+
         try:
-            self._cancel_open(sym)
-            req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
-                                    limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
-                                    take_profit=TakeProfitRequest(limit_price=tp),
-                                    stop_loss=StopLossRequest(stop_price=stop))
-            o = self.broker._call("submit_order", self.broker.client.submit_order, req, ticker=sym,
-                                  client_order_id=cid)
+            if self._cancel_known(sym, ("bracket", "oco"), "reanchor_exits"):
+                try:
+                    o = place()
+                except BrokerError as e:
+                    if e.status != 403:  # 403: shares still promised to an order canceling by id did not free
+                        raise
+                    self._cancel_listed(sym, "reanchor_exits")
+                    o = place()
+            else:
+                self._cancel_listed(sym, "reanchor_exits")
+                o = place()
         except BrokerError as e:
             if e.status in (409, 422) and "unique" in str(e):
                 return True  # placed by an earlier life of this executor
@@ -294,10 +365,11 @@ class Executor:
             return self._reject(cid, sym, e, "reanchor_rejected")
         except Exception as e:
             return self._lookup(cid, sym, e)
+        self._groups[sym] = ("oco", str(o.id))
         self._record(cid, sym, str(getattr(o.status, "value", o.status)), str(o.id))
         log.info("exits_reanchored", ticker=sym, stop=stop, take_profit=tp, rule="bracket", client_order_id=cid)
         return True
 
     def _record(self, cid: str, symbol: str, status: str, detail: str) -> None:
-        self.r.xadd(self.store.keys.sent, {"client_order_id": cid, "symbol": symbol, "status": status,
-                                           "detail": detail[:300]})
+        """What happened to an order, for reports and status: written with the entry's acknowledgement."""
+        self._records.append({"client_order_id": cid, "symbol": symbol, "status": status, "detail": detail[:300]})
