@@ -149,3 +149,97 @@ def test_refusals_that_sent_nothing_are_final_but_unknown_outcomes_are_looked_up
     assert maybe_placed(OutcomeUnknown("lookup failed", "tl-x", 503))
     assert maybe_placed(BrokerError("HTTP 500", status=500, retryable=True))
     assert maybe_placed(requests.ReadTimeout("read timed out"))
+
+
+# ------------------------------------------------------------------ exits cancel the legs the executor placed
+def _protect(store: RedisState, sym: str, minute: int, qty: float, stop: float, tp: float) -> None:
+    """A re-anchor entry, as the runner writes it after the kernel's fill."""
+    bar = T0 + pd.Timedelta(minutes=minute)
+    store.r.xadd(store.keys.signals, {
+        "kind": "protect", "symbol": sym, "code": 0, "reason": "reanchor_exits", "score": "nan",
+        "bar_time": bar.isoformat(), "mode": "default", "strategy": STRATEGY, "client_order_id": "",
+        "stop_loss": repr(stop), "take_profit": repr(tp), "qty": repr(float(qty))})
+
+
+class _Counting(AlpacaBroker):
+    """The real adapter, counting the HTTP requests it sends."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.sent: list[tuple[str, str]] = []
+        inner = self.client._session.request
+
+        def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            path = "/" + url.split("/", 3)[3].split("?")[0]
+            self.sent.append((method, "/v2/orders/{id}" if path.startswith("/v2/orders/") else path))
+            return inner(method, url, *args, **kwargs)
+
+        self.client._session.request = request  # type: ignore[method-assign]
+
+
+def _book(sim: SimServer, sym: str) -> tuple[float, list[str]]:
+    """(shares held, client_order_ids of the symbol's open orders) at the sim."""
+    def read() -> tuple[float, list[str]]:
+        h = sim.engine.holdings.get(sym)
+        return (h.qty if h else 0.0), [o.client_order_id for o in sim.engine.orders.values()
+                                      if o.symbol == sym and o.is_open]
+    return sim.call(read)
+
+
+def _entered(sim: SimServer, store: RedisState, broker: AlpacaBroker) -> Executor:
+    """An executor that bought 10 AAA as a bracket (filled) and re-anchored its exits as one OCO."""
+    ex = Executor(store, broker)
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "AAA", 1, 10, 9.5, 10.5)
+    ex.drain()
+    return ex
+
+
+def test_an_exit_cancels_its_own_legs_by_id_then_checks_the_shares_and_sells(sim: SimServer,
+                                                                              store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _entered(sim, store, broker)
+    assert broker.sent[-2:] == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders")]  # the re-anchor: no listing
+    held, working = _book(sim, "AAA")
+    assert held == 10 and len(working) == 2 and any("-protect-" in c for c in working)  # the OCO and its stop
+    del broker.sent[:]
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("GET", "/v2/positions/AAA"), ("POST", "/v2/orders")]
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])  # sold exactly what was held, no leg left behind
+
+
+def test_an_exit_whose_legs_were_canceled_elsewhere_falls_back_to_the_listing(sim: SimServer,
+                                                                              store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _entered(sim, store, broker)
+    other = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)  # a person (or the kill switch) steps in
+    for o in other.open_orders(["AAA"]):
+        other.cancel(str(o.id))
+    other.submit(_intent("AAA", "sell", 4, 1, "by_hand", type="limit", limit_price=12.0))
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    assert ("GET", "/v2/orders") in broker.sent  # the known OCO was gone (422): every open order listed instead
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])
+
+
+def test_shares_still_promised_to_an_unknown_order_are_freed_before_the_exit_sells(sim: SimServer,
+                                                                                   store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "AAA", 1, 6, 9.5, 10.5)  # the OCO guards 6 shares ...
+    ex.drain()
+    AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url).submit(  # ... and someone promised the other 4
+        _intent("AAA", "sell", 4, 1, "by_hand", type="limit", limit_price=12.0))
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])  # all 10 sold, not clamped to the 6 the known OCO freed
+    assert _sent(store)[_intent("AAA", "sell", 10, 2, "signal_exit").client_order_id] != "rejected"
