@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -83,7 +85,7 @@ class Executor:
 
     def __init__(self, store: RedisState, broker: Any, *, consumer: str = "executor-1", auto: bool = True,
                  clock: str = "bar", min_idle_ms: int = 5_000, tick_round: bool = True,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, lanes: int = 4) -> None:
         self.store = store
         self.r = store.r
         self.broker = broker
@@ -99,6 +101,9 @@ class Executor:
         # id before the next sell or re-anchor instead of listing the symbol's open orders first
         self._groups: dict[str, tuple[str, str]] = {}
         self._records: list[dict[str, str]] = []  # written with the batch's acks, in one round trip
+        self.lanes = lanes
+        self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
+        self._lock = threading.Lock()
         store.ensure_group()
 
     # ------------------------------------------------------------------ reading
@@ -142,34 +147,85 @@ class Executor:
     def _batch(self, entries: list[tuple[bytes, dict | None]], held: _Held) -> int:
         """Handle entries in stream order; acknowledge the handled ones; hold back what must wait."""
         acks: list[bytes] = []
+        orders: list[tuple[bytes, dict[str, str]]] = []
         try:
             for eid, fields in entries:
                 if fields is None:  # deleted entry still pending: just ack it
                     acks.append(eid)
                     continue
                 f = {a.decode(): b.decode() for a, b in fields.items()}
-                sym = f.get("symbol", "")
-                orders = f.get("kind") in ("order", "protect") and self.auto
-                if orders and (sym in held.symbols or (held.stuck and f.get("side") == "buy")):
-                    held.symbols.add(sym)  # keeps this symbol's later entries in order behind it
-                    held.waiting += 1
-                    continue
-                if self.handle(f):
+                if f.get("kind") in ("order", "protect") and self.auto:
+                    orders.append((eid, f))
+                else:
+                    self.handle(f)  # a decision without an order (or AUTO_MODE=0): recorded, nothing placed
                     acks.append(eid)
-                    self._stuck.pop(eid, None)
-                    continue
-                held.stuck.add(sym)
-                held.symbols.add(sym)
-                held.waiting += 1
-                first, tries = self._stuck.get(eid, (self._now(), 0))
-                self._stuck[eid] = (first, tries + 1)
-                log.error("order_stuck", ticker=sym, client_order_id=f.get("client_order_id") or None,
-                          kind=f.get("kind"), attempts=tries + 1, stuck_s=round(self._now() - first, 1),
-                          reason="outcome unknown: not acknowledged",
-                          action="retried on the next pass; this symbol's later orders and all buys wait")
+            if orders:
+                self._place(orders, acks, held)
         finally:
             self._flush(acks)
         return len(acks)
+
+    def _place(self, orders: list[tuple[bytes, dict[str, str]]], acks: list[bytes], held: _Held) -> None:
+        """Place a batch's orders: each symbol's in stream order, different symbols side by side.
+
+        An exit costs three round trips (cancel, share check, sell): a flatten of five positions
+        must not cost fifteen in a row. An entry waits for its symbol's earlier entries and for the
+        earlier buys (buying power goes in stream order); if one of those cannot be acknowledged it
+        waits too. A symbol or a buy already held back when the batch starts does not go at all.
+        """
+        tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
+        last_of: dict[str, Future] = {}
+        last_buy: Future | None = None
+        pooled = len(orders) > 1 and self.lanes > 1
+        if pooled and self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.consumer}-lane")
+        for eid, f in orders:
+            sym = f.get("symbol", "")
+            buy = f.get("kind") == "order" and f.get("side") == "buy"
+            if sym in held.symbols or (buy and held.stuck):
+                held.symbols.add(sym)  # keeps this symbol's later entries in order behind it
+                held.waiting += 1
+                continue
+            deps = [d for d in (last_of.get(sym), last_buy if buy else None) if d is not None]
+            if pooled:
+                fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
+            else:
+                fut = Future()
+                fut.set_result(self._task(f, deps))
+            last_of[sym] = fut
+            if buy:
+                last_buy = fut
+            tasks.append((eid, f, sym, fut))
+        error: BaseException | None = None
+        for eid, f, sym, fut in tasks:  # in stream order
+            state, exc = fut.result()
+            error = error or exc
+            if state == "ok":
+                acks.append(eid)
+                self._stuck.pop(eid, None)
+                continue
+            held.symbols.add(sym)
+            held.waiting += 1
+            if state != "stuck":
+                continue  # held behind a stuck one (or a bug's entry): read again next pass
+            held.stuck.add(sym)
+            first, tries = self._stuck.get(eid, (self._now(), 0))
+            self._stuck[eid] = (first, tries + 1)
+            log.error("order_stuck", ticker=sym, client_order_id=f.get("client_order_id") or None,
+                      kind=f.get("kind"), attempts=tries + 1, stuck_s=round(self._now() - first, 1),
+                      reason="outcome unknown: not acknowledged",
+                      action="retried on the next pass; this symbol's later orders and all buys wait")
+        if error is not None:
+            raise error  # after the batch's other entries are recorded (the caller writes them)
+
+    def _task(self, f: dict[str, str], deps: list[Future]) -> tuple[str, BaseException | None]:
+        """One order entry once the entries it waits for are through: ("ok" | "stuck" | "held" | "error", error)."""
+        if any(d.result()[0] != "ok" for d in deps):
+            return "held", None
+        try:
+            return ("ok" if self.handle(f) else "stuck"), None
+        except Exception as e:  # a bug, not the broker: raised once the other entries are recorded
+            return "error", e
 
     def _flush(self, acks: list[bytes]) -> None:
         """The batch's order records, then its acknowledgements, in one round trip (a crash before it only
@@ -190,19 +246,32 @@ class Executor:
         An entry left pending is retried once per pass, and a pass with nothing new waits `block_ms`,
         so a stuck order is retried about twice a second, not in a tight loop.
         """
-        while True:
-            try:
-                if stop():
-                    return
-                self.drain(block_ms)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.error("executor_redis_unreachable", reason=type(e).__name__)
-                time.sleep(0.5)
+        try:
+            while True:
+                try:
+                    if stop():
+                        return
+                    self.drain(block_ms)
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.error("executor_redis_unreachable", reason=type(e).__name__)
+                    time.sleep(0.5)
+        finally:
+            self.close()
+
+    def _count(self, what: str) -> None:
+        with self._lock:  # lanes count from several threads
+            self.counts[what] += 1
+
+    def close(self) -> None:
+        """Stop the lane threads (idle ones end at once; a running order finishes first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ------------------------------------------------------------------ handling
     def handle(self, f: dict[str, str]) -> bool:
         """Act on one entry; True when it may be acknowledged."""
-        self.counts["processed"] += 1
+        self._count("processed")
         kind = f.get("kind")
         if kind not in ("order", "protect") or not self.auto:
             if kind == "order":
@@ -212,7 +281,7 @@ class Executor:
         t = pd.Timestamp(f["bar_time"]) + pd.Timedelta(minutes=1)
         now = t if self.clock == "bar" else pd.Timestamp(self._now(), unit="s", tz="UTC")
         if not (in_session(t) and in_session(now - pd.Timedelta(microseconds=1))):
-            self.counts["blocked"] += 1
+            self._count("blocked")
             log.warning("order_blocked", ticker=f["symbol"], reason="outside_xnys_session", rule="session_gate",
                         client_order_id=f.get("client_order_id"))
             return True
@@ -248,7 +317,7 @@ class Executor:
             if maybe_placed(e):
                 return self._lookup(cid, sym, e)
             return self._reject(cid, sym, e, "order_rejected")
-        self.counts["orders"] += 1
+        self._count("orders")
         self._record(cid, sym, str(getattr(order.status, "value", order.status)), str(order.id))
         legs = list(getattr(order, "legs", None) or [])
         if it.side == "buy" and legs:
@@ -259,7 +328,7 @@ class Executor:
 
     def _reject(self, cid: str, symbol: str, e: BaseException, event: str) -> bool:
         """A definitive refusal (the broker's 4xx, or nothing sent at all): recorded, logged, acknowledged."""
-        self.counts["rejects"] += 1
+        self._count("rejects")
         self._record(cid, symbol, "rejected", str(e))
         log.warning(event, ticker=symbol, client_order_id=cid, reason=str(e), status=getattr(e, "status", None),
                     error=type(e).__name__, action="acknowledged; not retried")
@@ -267,7 +336,7 @@ class Executor:
 
     def _lookup(self, cid: str, symbol: str, err: BaseException) -> bool:
         """Outcome unknown: the order is looked up by client_order_id, never decided again."""
-        self.counts["unknown"] += 1
+        self._count("unknown")
         try:
             o = self.broker.order_by_client_id(cid)
         except Exception as e:
@@ -275,7 +344,7 @@ class Executor:
                         detail=str(err)[:200], lookup=type(e).__name__, action="left pending; retried later")
             return False
         log.info("order_found_by_lookup", ticker=symbol, client_order_id=cid, status=str(o.status))
-        self.counts["orders"] += 1
+        self._count("orders")
         self._record(cid, symbol, str(getattr(o.status, "value", o.status)), str(o.id))
         return True
 

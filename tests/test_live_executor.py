@@ -243,3 +243,90 @@ def test_shares_still_promised_to_an_unknown_order_are_freed_before_the_exit_sel
     sim.step(1)
     assert _book(sim, "AAA") == (0.0, [])  # all 10 sold, not clamped to the 6 the known OCO freed
     assert _sent(store)[_intent("AAA", "sell", 10, 2, "signal_exit").client_order_id] != "rejected"
+
+
+# ------------------------------------------------------------------ several symbols in one minute
+def _bought(sim: SimServer, store: RedisState, broker: AlpacaBroker, syms: tuple[str, ...]) -> Executor:
+    """An executor holding 5 of each symbol, each guarded by its re-anchored OCO."""
+    ex = Executor(store, broker)
+    for s in syms:
+        _publish(store, _intent(s, "buy", 5, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    for s in syms:
+        _protect(store, s, 1, 5, 9.5, 10.5)
+    ex.drain()
+    return ex
+
+
+class _Meeting(AlpacaBroker):
+    """Cancels wait for each other at a barrier: they only get through when two run at the same time."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.barrier: Any = None
+
+    def cancel(self, order_id: str) -> None:
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)  # BrokenBarrierError when the other exit is not on its way
+        super().cancel(order_id)
+
+
+def test_exits_of_different_symbols_in_one_minute_go_side_by_side(sim: SimServer, store: RedisState) -> None:
+    import threading
+
+    broker = _Meeting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _bought(sim, store, broker, ("AAA", "BBB"))
+    broker.barrier = threading.Barrier(2)
+    for s in ("AAA", "BBB"):
+        _publish(store, _intent(s, "sell", 5, 2, "flatten"))
+    ex.drain()
+    ex.close()
+    sim.step(1)
+    assert [_book(sim, s) for s in ("AAA", "BBB")] == [(0.0, []), (0.0, [])]
+    assert _pending(store) == 0
+
+
+class _SlowBuys(AlpacaBroker):
+    """Records whether a buy started while another was still on its way."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        import threading
+
+        super().__init__(*a, **kw)
+        self.in_flight = 0
+        self.overlapped = False
+        self.lock = threading.Lock()
+
+    def submit(self, intent: OrderIntent, **kw: Any) -> Any:
+        import time as _time
+
+        if intent.side != "buy":
+            return super().submit(intent, **kw)
+        with self.lock:
+            self.overlapped |= self.in_flight > 0
+            self.in_flight += 1
+        try:
+            _time.sleep(0.05)  # a slow answer: a concurrent buy would start meanwhile
+            return super().submit(intent, **kw)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_buys_keep_their_stream_order_while_a_re_anchor_goes_beside_them(sim: SimServer, store: RedisState) -> None:
+    broker = _SlowBuys(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    _publish(store, _intent("CCC", "buy", 5, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "CCC", 1, 5, 9.5, 10.5)  # the runner writes re-anchors first ...
+    buys = [_intent(s, "buy", 2, 1, "entry", stop_loss=9.0, take_profit=11.0) for s in ("BBB", "AAA")]
+    for it in buys:
+        _publish(store, it)  # ... then the minute's decisions
+    ex.drain()
+    ex.close()
+    assert not broker.overlapped  # buying power is spent in stream order
+    arrived = _at_broker(sim)
+    assert arrived.index(buys[0].client_order_id) < arrived.index(buys[1].client_order_id)
+    assert _pending(store) == 0 and _book(sim, "CCC")[1]  # the re-anchored OCO is working
