@@ -12,13 +12,15 @@
    bars/s (symbol-bars) and minutes/s, next to the vectorized backtest of the same bars (the peer).
 Targets of issue 11: p99 < 5 ms for the 12-symbol universe, > 20,000 bars/s.
 Usage: python benchmarks/live_latency.py [--day 2024-11-05] [--mode default] [--minutes 390]
-       [--sim process|thread] [--executor thread|inline]   (2>/dev/null hides the run's logs)
+       [--sim process|thread] [--executor process|thread|inline]   (2>/dev/null hides the run's logs)
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,8 +37,7 @@ import pandas as pd
 import redis
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.sample import ensure_sample
 from live.broker import AlpacaBroker
@@ -49,6 +50,8 @@ from live.state import Keys, RedisState
 from strategies.intents import client_order_id
 from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bars(panel, r: int) -> list[Bar]:
@@ -68,11 +71,14 @@ class SimProcess:
     def __init__(self, day: str, p: Params, symbols: list[str], log_path: Path) -> None:
         self.api_key, self.secret_key = sim_keys()
         self.url = f"http://127.0.0.1:{_free_port()}"
-        args = [sys.executable, "-m", "live.sim", "--replay", day, "--speed", "0", "--port", self.url.rsplit(":", 1)[1],
+        prof = os.environ.get("LIVE_LATENCY_SIM_PROFILE")  # a cProfile dump of the sim's process
+        wrap = os.environ.get("LIVE_LATENCY_SIM_WRAP")
+        args = [sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []),
+                *([wrap] if wrap else ["-m", "live.sim"]), "--replay", day, "--speed", "0", "--port", self.url.rsplit(":", 1)[1],
                 "--symbols", ",".join(symbols), "--cash", "10000", "--max-volume-share", "1.0",
                 "--slippage", repr(p.slippage), "--fee-per-share", repr(p.fee_per_share),
                 "--fee-per-order", repr(p.fee_per_order), "--rate-limit", "100000000"]
-        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.log = open(log_path, "w")  # closed in stop()
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
         s = requests.Session()
@@ -89,8 +95,12 @@ class SimProcess:
         raise RuntimeError(f"live.sim did not answer on {self.url}; see {log_path}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.send_signal(signal.SIGINT)  # the CLI's clean stop (a profile is written)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         self.log.close()
 
 
@@ -114,39 +124,116 @@ class Trace:
         session.request = request  # type: ignore[method-assign]
 
 
-class ExecutorThread:
-    """The executor in a thread of its own, blocking on XREADGROUP between passes (as its process does)."""
+def _executor_loop(ex: Executor, stopping: Any, drained: Any, block_ms: int) -> None:
+    """Executor.run, what `python -m live executor` runs, telling the runner after each pass (its stop check)."""
+    prof = None
+    if os.environ.get("LIVE_LATENCY_PROFILE"):  # where the executor's time goes
+        import cProfile
 
-    def __init__(self, ex: Executor, block_ms: int = 200) -> None:
-        self.ex, self.block_ms = ex, block_ms
-        self.drained = threading.Event()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, name="executor", daemon=True)
-        self.thread.start()
+        prof = cProfile.Profile()
+        prof.enable()
 
-    def _run(self) -> None:
-        prof = None
-        if os.environ.get("LIVE_LATENCY_PROFILE"):  # where the executor thread's time goes
-            import cProfile
+    def stop() -> bool:
+        drained.set()  # called before each pass: the previous one has ended
+        return bool(stopping.is_set())
 
-            prof = cProfile.Profile()
-            prof.enable()
-        while not self.stopping:
-            self.ex.drain(self.block_ms)
-            self.drained.set()
-        if prof is not None:
-            prof.disable()
-            prof.dump_stats(os.environ["LIVE_LATENCY_PROFILE"])
+    ex.run(stop, block_ms)
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(os.environ["LIVE_LATENCY_PROFILE"])
+
+
+def _executor_process(redis_url: str, keys: Keys, url: str, key: str, secret: str, stopping: Any, drained: Any,
+                      out: Any) -> None:
+    broker = AlpacaBroker(key, secret, url=url)
+    trace = Trace(broker.client._session)
+    ex = Executor(RedisState(redis.Redis.from_url(redis_url), keys), broker)
+    reads = _trace_reads(ex)
+    _executor_loop(ex, stopping, drained, 200)
+    out.send((trace.rows + reads, ex.counts))
+
+
+def _trace_reads(ex: Executor) -> list[tuple]:
+    """XREADGROUP calls that returned new entries, as trace rows ("XREAD", "signals", ..., t0, t1);
+    with LIVE_LATENCY_GC set, the garbage collector's passes too ("GC", generation, ..., t0, t1)."""
+    rows: list[tuple] = []
+    if os.environ.get("LIVE_LATENCY_GC"):
+        import gc
+
+        start: dict[str, float] = {}
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                start["t"] = time.perf_counter()
+            else:
+                rows.append(("GC", f"gen{info['generation']}", None, None, None, start.get("t", 0.0),
+                             time.perf_counter()))
+
+        gc.callbacks.append(on_gc)
+    inner = ex.r.xreadgroup
+
+    def xreadgroup(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        got = inner(*a, **kw)
+        if got and got[0][1] and ">" in a[2].values():
+            rows.append(("XREAD", "signals", None, None, None, t0, time.perf_counter()))
+        return got
+
+    ex.r.xreadgroup = xreadgroup  # type: ignore[method-assign]
+    return rows
+
+
+class ExecutorHost:
+    """The executor blocking on XREADGROUP in a process of its own (as `python -m live executor`) or a thread."""
+
+    def __init__(self, how: str, store: RedisState, redis_url: str, url: str, key: str, secret: str) -> None:
+        self.how, self.store = how, store
+        self.rows: list[tuple] = []
+        self.counts: dict[str, int] = {}
+        if how == "process":
+            ctx = multiprocessing.get_context("fork")
+            self.stopping, self.drained = ctx.Event(), ctx.Event()
+            self.recv, send = ctx.Pipe(duplex=False)
+            self.proc = ctx.Process(target=_executor_process, name="executor", daemon=True,
+                                    args=(redis_url, store.keys, url, key, secret, self.stopping, self.drained, send))
+            self.proc.start()
+        else:
+            self.stopping, self.drained = threading.Event(), threading.Event()
+            broker = AlpacaBroker(key, secret, url=url)
+            self.trace = Trace(broker.client._session)
+            self.ex = Executor(RedisState(redis.Redis.from_url(redis_url), store.keys), broker)
+            self.reads = _trace_reads(self.ex)
+            if how == "thread":
+                self.thread = threading.Thread(target=_executor_loop, name="executor", daemon=True,
+                                               args=(self.ex, self.stopping, self.drained, 200))
+                self.thread.start()
 
     def wait_idle(self) -> None:
         """Until every committed signal is acknowledged (woken by each finished pass, never polling)."""
-        while not self.ex.store.executor_idle():
+        if self.how == "inline":
+            self.ex.drain()
+            return
+        while not self.store.executor_idle():
             self.drained.wait(5.0)
             self.drained.clear()
 
     def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(5.0)
+        self.stopping.set()
+        if self.how == "process":
+            if self.recv.poll(10):
+                self.rows, self.counts = self.recv.recv()
+            self.proc.join(5)
+            return
+        if self.how == "thread":
+            self.thread.join(5)
+        self.ex.close()
+        self.rows, self.counts = self.trace.rows + self.reads, self.ex.counts
+
+
+def _picked(reads: list[float], t0: float) -> float:
+    """When the executor's XREADGROUP returned the signals of the minute whose bars arrived at t0."""
+    i = int(np.searchsorted(reads, t0))
+    return reads[i] if i < len(reads) else float("nan")
 
 
 def _pct(x: list[float]) -> str:
@@ -170,10 +257,7 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
     store.ensure_group()
     history = History(sim.api_key, sim.secret_key, url=sim.url)
     runner = Runner(TieredBasketStrategy(p), store, history, events=events)
-    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
-    trace = Trace(broker.client._session)
-    ex = Executor(RedisState(redis.Redis.from_url(a.redis), keys), broker)
-    worker = ExecutorThread(ex) if a.executor == "thread" else None
+    worker = ExecutorHost(a.executor, store, a.redis, sim.url, sim.api_key, sim.secret_key)
     feed = SimStepFeed(sim.url, sim.api_key, sim.secret_key)
     commits: list[float] = []
     commit = store.commit
@@ -215,47 +299,61 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
                         cids.append(cid)
                 if any(m.signals for m in ms):
                     decide.append(t_commit - t0)
-                    if worker is not None:
-                        worker.wait_idle()
-                    else:
-                        ex.drain()
+                    worker.wait_idle()
                 if cids:
                     minutes.append((t0, cids))
             if done:
                 break
     finally:
-        if worker is not None:
-            worker.stop()
+        worker.stop()
         sim.stop()
-    posts = {c: (t0, t1) for m, path, c, *_rest, t0, t1 in trace.rows if m == "POST" and path == "/v2/orders" and c}
+    rows = worker.rows
+    reads = sorted(t1 for m, *_rest, t1 in rows if m == "XREAD")
+    posts = {c: (t0, t1) for m, path, c, *_rest, t0, t1 in rows if m == "POST" and path == "/v2/orders" and c}
     print(f"session {day} ({steps} steps x {len(panel.symbols)} symbols), mode {a.mode}; sim: {a.sim}, "
           f"executor: {a.executor}")
     print(f"  bar arrival -> signals committed (minutes with signals):     {_pct(decide)}")
+    picked = [_picked(reads, t0) - t0 for t0, _ in minutes]
+    print(f"  bar arrival -> executor has them (minutes with orders):      {_pct(picked)}")
     for kind, label in (("entry", "bracket entries (buy)"), ("exit", "exits (sell)"), ("reanchor", "exit re-anchors (OCO)")):
         cids = [c for c in posts if kinds.get(c) == kind]
         sent = [posts[c][0] - arrival[c][0] for c in cids]
         ack = [posts[c][1] - arrival[c][0] for c in cids]
-        mine = [posts[c][0] - arrival[c][1] for c in cids]
+        mine = [posts[c][0] - _picked(reads, arrival[c][0]) for c in cids]
         print(f"  {label}:")
         print(f"    bar arrival -> order sent:  {_pct(sent)}")
         print(f"    bar arrival -> broker ack:  {_pct(ack)}")
-        print(f"    committed   -> order sent:  {_pct(mine)}")
+        print(f"    signals read -> order sent: {_pct(mine)}   (the executor's part)")
     last_ack = [max(posts[c][1] for c in cids if c in posts) - t0 for t0, cids in minutes if any(c in posts for c in cids)]
     print(f"  per minute with orders, bar arrival -> its last order acked:   {_pct(last_ack)}")
     rtt: dict[str, list[float]] = defaultdict(list)
-    for m, path, *_rest, t0, t1 in trace.rows:
+    for m, path, *_rest, t0, t1 in rows:
+        if m in ("XREAD", "GC"):
+            continue
         what = path if not path.startswith("/v2/orders/") else "/v2/orders/{id}"
         what = what if not path.startswith("/v2/positions/") else "/v2/positions/{symbol}"
         rtt[f"{m} {what}"].append(t1 - t0)
     print("  executor's broker round trips (request out -> answer in):")
     for k in sorted(rtt, key=lambda k: -len(rtt[k])):
         print(f"    {k:<34} {_pct(rtt[k])}")
-    print(f"  executor: {ex.counts}")
+    print(f"  executor: {worker.counts}")
+    gcs = [(w, t1 - t0) for m, w, *_r, t0, t1 in rows if m == "GC"]
+    if gcs:
+        for g in ("gen0", "gen1", "gen2"):
+            print(f"  executor's garbage collections {g}: {_pct([d for w, d in gcs if w == g])}")
+    if os.environ.get("LIVE_LATENCY_MIX"):
+        from collections import Counter
+        print("  minutes by order mix:", Counter("".join(sorted({"entry": "b", "exit": "s", "reanchor": "r"}[kinds[c]] for c in cids)) for _, cids in minutes))
     if os.environ.get("LIVE_LATENCY_DETAIL"):  # the slowest orders, with every request of their minute
         for c in sorted(posts, key=lambda c: posts[c][0] - arrival[c][0])[-int(os.environ["LIVE_LATENCY_DETAIL"]):]:
             t0, tc = arrival[c]
             print(f"  {kinds[c]} {c}: sent {1e3 * (posts[c][0] - t0):.2f} ms (committed at {1e3 * (tc - t0):.2f})")
-            for m, path, cid, side, oc, a0, a1 in trace.rows:
+            for m, what, *_rest, a0, a1 in rows:
+                if m == "XREAD" and t0 <= a1 <= posts[c][1]:
+                    print(f"      {'':7} .. {1e3 * (a1 - t0):7.2f}  XREADGROUP returned the minute's signals")
+                if m == "GC" and t0 <= a1 <= posts[c][1]:
+                    print(f"      {1e3 * (a0 - t0):7.2f} .. {1e3 * (a1 - t0):7.2f}  garbage collection {what}")
+            for m, path, cid, side, oc, a0, a1 in rows:
                 if t0 <= a0 <= posts[c][1]:
                     print(f"      {1e3 * (a0 - t0):7.2f} .. {1e3 * (a1 - t0):7.2f}  {m} {path} {cid or ''} {side or ''} {oc or ''}")
 
@@ -268,8 +366,9 @@ def main() -> int:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--sim", choices=("process", "thread"), default="process",
                     help="live.sim in its own process (default, as a broker is) or on a thread of this one")
-    ap.add_argument("--executor", choices=("thread", "inline"), default="thread",
-                    help="a thread blocking on XREADGROUP (default) or drained after each decision")
+    ap.add_argument("--executor", choices=("process", "thread", "inline"), default="process",
+                    help="blocking on XREADGROUP in its own process (default, as `python -m live executor`) or in "
+                         "a thread of the runner's, or drained by the runner after each decision (drive_sim)")
     ap.add_argument("--skip-replay", action="store_true", help="part 1 only")
     a = ap.parse_args()
     p = Params.preset(a.mode)
