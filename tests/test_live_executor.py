@@ -330,3 +330,26 @@ def test_buys_keep_their_stream_order_while_a_re_anchor_goes_beside_them(sim: Si
     arrived = _at_broker(sim)
     assert arrived.index(buys[0].client_order_id) < arrived.index(buys[1].client_order_id)
     assert _pending(store) == 0 and _book(sim, "CCC")[1]  # the re-anchored OCO is working
+
+
+def test_the_runners_executor_thread_places_a_committed_signal_and_stops_with_it(
+        sim: SimServer, store: RedisState, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m live run --with-executor` on Alpaca: an executor thread blocking on XREADGROUP."""
+    import argparse
+    import threading
+    import time as _time
+
+    from live.cli.__main__ import executor_thread
+
+    monkeypatch.setenv("AUTO_MODE", "1")
+    stopping = threading.Event()
+    worker = executor_thread(argparse.Namespace(redis=redis_url, sim_url=sim.url), store, stopping.is_set)
+    buy = _intent("BBB", "buy", 3, 0, "entry")
+    _publish(store, buy)
+    deadline = _time.monotonic() + 20
+    while buy.client_order_id not in _at_broker(sim) and _time.monotonic() < deadline:
+        _time.sleep(0.02)
+    stopping.set()
+    worker.join(10)
+    assert buy.client_order_id in _at_broker(sim) and _pending(store) == 0
+    assert not worker.is_alive()
