@@ -4,6 +4,8 @@ One code path for both venues: with ALPACA_API_KEY/ALPACA_SECRET_KEY it talks to
 with a sim URL it talks to live.sim on loopback (imported from nowhere here: only its URL and keys).
 What it adds to alpaca-py, because live code must assume failure:
 - connect and read timeouts on every request (alpaca-py's session has none: a silent server hangs);
+  a broker on loopback (the sim) is reached through urllib3 directly, without requests' per-call
+  environment work (proxies from the environment are for a remote broker only);
 - idempotent client_order_ids (strategies.intents), retries with jittered backoff on 429/5xx and
   connection errors, waiting for X-Ratelimit-Reset on a 429 (alpaca-py's own retry loop is off);
 - an order whose outcome is unknown (timeout, 5xx, lost connection, retries exhausted) is looked up
