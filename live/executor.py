@@ -100,7 +100,6 @@ class Executor:
         # symbol -> ("bracket" | "oco", id of one member): the exit orders this executor placed, canceled by
         # id before the next sell or re-anchor instead of listing the symbol's open orders first
         self._groups: dict[str, tuple[str, str]] = {}
-        self._records: list[dict[str, str]] = []  # written with the batch's acks, in one round trip
         self.lanes = lanes
         self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
         self._lock = threading.Lock()
@@ -228,17 +227,10 @@ class Executor:
             return "error", e
 
     def _flush(self, acks: list[bytes]) -> None:
-        """The batch's order records, then its acknowledgements, in one round trip (a crash before it only
-        means the entries are read again: their client_order_ids make that a lookup, never a second order)."""
-        if not (acks or self._records):
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for rec in self._records:
-            pipe.xadd(self.store.keys.sent, rec)
+        """The batch's acknowledgements in one round trip (a crash before it only means the entries are
+        read again: their client_order_ids make that a lookup, never a second order)."""
         if acks:
-            pipe.xack(self.store.keys.signals, GROUP, *acks)
-        self._records = []
-        pipe.execute()
+            self.r.xack(self.store.keys.signals, GROUP, *acks)
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
         """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost).
@@ -440,5 +432,8 @@ class Executor:
         return True
 
     def _record(self, cid: str, symbol: str, status: str, detail: str) -> None:
-        """What happened to an order, for reports and status: written with the entry's acknowledgement."""
-        self._records.append({"client_order_id": cid, "symbol": symbol, "status": status, "detail": detail[:300]})
+        """What happened to an order, for reports and status: written as soon as the broker answered
+        (before the entry's acknowledgement, so a crash in between leaves the record and a pending entry,
+        whose second reading is a lookup by client_order_id)."""
+        self.r.xadd(self.store.keys.sent, {"client_order_id": cid, "symbol": symbol, "status": status,
+                                           "detail": detail[:300]})
