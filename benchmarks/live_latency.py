@@ -226,7 +226,9 @@ class ExecutorHost:
             return
         if self.how == "thread":
             self.thread.join(5)
-        self.ex.close()
+        close = getattr(self.ex, "close", None)  # (an older executor has no lanes to close)
+        if close is not None:
+            close()
         self.rows, self.counts = self.trace.rows + self.reads, self.ex.counts
 
 
