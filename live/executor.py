@@ -123,12 +123,12 @@ class Executor:
             entries = own[0][1] if own else []
             if not entries:
                 break
-            done += self._batch(entries, held)
+            done += self._batch(entries, held, reread=True)
             last = entries[-1][0]
         claimed = self.r.xautoclaim(k, GROUP, self.consumer, self.min_idle_ms, "0-0", count=100)
         if claimed and claimed[1]:
             log.info("signals_reclaimed", count=len(claimed[1]), reason="idle_pending_of_another_consumer")
-            done += self._batch(claimed[1], held)
+            done += self._batch(claimed[1], held, reread=True)
         while True:
             got = self.r.xreadgroup(GROUP, self.consumer, {k: ">"}, count=100, block=block_ms)
             entries = got[0][1] if got else []
@@ -143,8 +143,12 @@ class Executor:
                       action="retried on the next pass; same-symbol orders and buys wait behind it")
         return done
 
-    def _batch(self, entries: list[tuple[bytes, dict | None]], held: _Held) -> int:
-        """Handle entries in stream order; acknowledge the handled ones; hold back what must wait."""
+    def _batch(self, entries: list[tuple[bytes, dict | None]], held: _Held, reread: bool = False) -> int:
+        """Handle entries in stream order; acknowledge the handled ones; hold back what must wait.
+
+        `reread`: entries delivered before (a crashed life's, a held-back or a claimed one): each order
+        is looked up by client_order_id first, since it may already be at the broker.
+        """
         acks: list[bytes] = []
         orders: list[tuple[bytes, dict[str, str]]] = []
         try:
@@ -154,6 +158,8 @@ class Executor:
                     continue
                 f = {a.decode(): b.decode() for a, b in fields.items()}
                 if f.get("kind") in ("order", "protect") and self.auto:
+                    if reread:
+                        f["_reread"] = "1"
                     orders.append((eid, f))
                 else:
                     self.handle(f)  # a decision without an order (or AUTO_MODE=0): recorded, nothing placed
@@ -296,6 +302,10 @@ class Executor:
     def _order(self, f: dict[str, str]) -> bool:
         it = self._intent(f)
         cid, sym = it.client_order_id, it.symbol
+        if f.get("_reread"):
+            placed = self._placed_before(cid, sym)
+            if placed is not None:
+                return placed
         try:
             release = None
             if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
@@ -316,6 +326,28 @@ class Executor:
             self._groups[sym] = ("bracket", str(legs[0].id))
         else:
             self._groups.pop(sym, None)
+        return True
+
+    def _placed_before(self, cid: str, symbol: str) -> bool | None:
+        """An entry read again: True when the broker already has its order (recorded: acknowledge it),
+        False when the broker cannot say (left pending), None when it has none (act on the entry).
+
+        Without it a re-read exit would first cancel the symbol's open orders, its own sell among them,
+        and then find its client_order_id taken: the position would stay, unprotected.
+        """
+        try:
+            o = self.broker.order_by_client_id(cid)
+        except Exception as e:
+            if isinstance(e, BrokerError) and e.status == 404:
+                return None
+            log.warning("order_outcome_unknown", ticker=symbol, client_order_id=cid, reason="entry read again",
+                        lookup=type(e).__name__, detail=str(e)[:200], action="left pending; retried later")
+            return False
+        log.info("order_found_by_lookup", ticker=symbol, client_order_id=cid, status=str(o.status),
+                 reason="entry read again")
+        self._count("orders")
+        self._record(cid, symbol, str(getattr(o.status, "value", o.status)), str(o.id))
+        self._groups.pop(symbol, None)  # what else is working for the symbol: the listing will say
         return True
 
     def _reject(self, cid: str, symbol: str, e: BaseException, event: str) -> bool:
@@ -396,6 +428,10 @@ class Executor:
         if math.isnan(stop) or math.isnan(tp) or not qty > 0:
             return True
         cid = client_order_id(f["strategy"], sym, pd.Timestamp(f["bar_time"]), "protect")
+        if f.get("_reread"):
+            placed = self._placed_before(cid, sym)
+            if placed is not None:
+                return placed
         if self.tick_round:
             stop, tp = round_tick(stop), round_tick(tp)
         req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,

@@ -353,3 +353,20 @@ def test_the_runners_executor_thread_places_a_committed_signal_and_stops_with_it
     worker.join(10)
     assert buy.client_order_id in _at_broker(sim) and _pending(store) == 0
     assert not worker.is_alive()
+
+
+def test_an_exit_read_again_after_a_crash_finds_its_sell_and_does_not_cancel_it(sim: SimServer,
+                                                                               store: RedisState) -> None:
+    """A life placed the exit and died before acknowledging it: the next one must not cancel that very sell."""
+    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    _entered(sim, store, broker)
+    sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+    _publish(store, sell)
+    store.r.xreadgroup(GROUP, "executor-1", {store.keys.signals: ">"})  # delivered to the life that dies ...
+    for o in broker.open_orders(["AAA"]):
+        broker.cancel(str(o.id))
+    broker.submit(sell)  # ... after it placed the exit, before its ack
+    Executor(store, broker).drain()  # the next life reads its pending entry again
+    assert _pending(store) == 0 and _book(sim, "AAA")[1] == [sell.client_order_id]  # the sell still works
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])
