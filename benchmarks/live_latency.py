@@ -13,6 +13,9 @@
 Targets of issue 11: p99 < 5 ms for the 12-symbol universe, > 20,000 bars/s.
 Usage: python benchmarks/live_latency.py [--day 2024-11-05] [--mode default] [--minutes 390]
        [--sim process|thread] [--executor process|thread|inline]   (2>/dev/null hides the run's logs)
+Probes (environment): LIVE_LATENCY_DETAIL=N prints the N slowest orders with every request of their
+minute; LIVE_LATENCY_MIX=1 the minutes by order mix; LIVE_LATENCY_GC=1 the executor's collections;
+LIVE_LATENCY_PROFILE=FILE / LIVE_LATENCY_SIM_PROFILE=FILE cProfile dumps of the executor / the sim.
 """
 
 from __future__ import annotations
