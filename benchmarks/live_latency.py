@@ -95,6 +95,8 @@ class SimProcess:
             except requests.ConnectionError:
                 pass
             time.sleep(0.1)
+        self.proc.kill()
+        self.proc.wait(10)
         raise RuntimeError(f"live.sim did not answer on {self.url}; see {log_path}")
 
     def stop(self) -> None:
@@ -257,28 +259,29 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
         sim = SimServer(panel, SimConfig(slippage=p.slippage, fee_per_share=p.fee_per_share,
                                          fee_per_order=p.fee_per_order, initial_cash=10_000.0,
                                          max_volume_share=1.0), rate_limit=100_000_000).start()
-    keys = Keys.of("bench", "tiered_basket", a.mode, root=root)
-    store = RedisState(r, keys)
-    store.ensure_group()
-    history = History(sim.api_key, sim.secret_key, url=sim.url)
-    runner = Runner(TieredBasketStrategy(p), store, history, events=events)
-    worker = ExecutorHost(a.executor, store, a.redis, sim.url, sim.api_key, sim.secret_key)
-    feed = SimStepFeed(sim.url, sim.api_key, sim.secret_key)
-    commits: list[float] = []
-    commit = store.commit
+    worker: ExecutorHost | None = None
+    try:  # the sim (a process of its own) is stopped whatever happens from here
+        keys = Keys.of("bench", "tiered_basket", a.mode, root=root)
+        store = RedisState(r, keys)
+        store.ensure_group()
+        history = History(sim.api_key, sim.secret_key, url=sim.url)
+        runner = Runner(TieredBasketStrategy(p), store, history, events=events)
+        worker = ExecutorHost(a.executor, store, a.redis, sim.url, sim.api_key, sim.secret_key)
+        feed = SimStepFeed(sim.url, sim.api_key, sim.secret_key)
+        commits: list[float] = []
+        commit = store.commit
 
-    def timed_commit(*args: Any, **kw: Any) -> bool:
-        ok = commit(*args, **kw)
-        commits.append(time.perf_counter())
-        return ok
+        def timed_commit(*args: Any, **kw: Any) -> bool:
+            ok = commit(*args, **kw)
+            commits.append(time.perf_counter())
+            return ok
 
-    store.commit = timed_commit  # type: ignore[method-assign]
-    arrival: dict[str, tuple[float, float]] = {}  # client_order_id -> (bars arrived, signals committed)
-    kinds: dict[str, str] = {}
-    minutes: list[tuple[float, list[str]]] = []
-    decide: list[float] = []
-    steps = 0
-    try:
+        store.commit = timed_commit  # type: ignore[method-assign]
+        arrival: dict[str, tuple[float, float]] = {}  # client_order_id -> (bars arrived, signals committed)
+        kinds: dict[str, str] = {}
+        minutes: list[tuple[float, list[str]]] = []
+        decide: list[float] = []
+        steps = 0
         while steps < a.minutes + 1:
             t, done = feed.advance()
             steps += 1
@@ -310,9 +313,10 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
             if done:
                 break
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         sim.stop()
-    rows = worker.rows
+    rows = worker.rows if worker is not None else []
     reads = sorted(t1 for m, *_rest, t1 in rows if m == "XREAD")
     posts = {c: (t0, t1) for m, path, c, *_rest, t0, t1 in rows if m == "POST" and path == "/v2/orders" and c}
     print(f"session {day} ({steps} steps x {len(panel.symbols)} symbols), mode {a.mode}; sim: {a.sim}, "
