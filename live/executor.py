@@ -1,7 +1,10 @@
 """The executor: reads `signals.raw` in a consumer group and places the orders through the broker (SPEC §9).
 
 Exactly once: an entry is acknowledged only after the broker has the order (its answer, or a
-lookup by client_order_id finds it), or after the broker refused it for good (logged). Entries a
+lookup by client_order_id finds it), or after a definitive refusal (the broker's 4xx, or a sell of
+shares not held, which sends nothing: recorded and logged). An entry whose outcome stays unknown is
+left pending and retried each pass; the same symbol's later orders and all buys wait behind it,
+other symbols' exits and re-anchors go on (they only reduce risk). Entries a
 crashed executor left pending are read again on start (this consumer's own history) and taken
 over from other consumers with XAUTOCLAIM; the idempotent client_order_id makes a second submit
 a lookup, never a second order. `auto=False` (AUTO_MODE=0) records signals without ordering.
@@ -10,9 +13,13 @@ Nothing is sent outside the XNYS regular session (own gate: Alpaca would queue i
 
 from __future__ import annotations
 
+import datetime
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -29,11 +36,43 @@ log = get_logger(__name__)
 
 def in_session(t: pd.Timestamp) -> bool:
     """True when `t` (UTC) lies inside an XNYS regular session (half days and holidays included)."""
+    hours = _session_hours(t.tz_convert("America/New_York").date())
+    return hours is not None and hours[0] <= t < hours[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _session_hours(day: datetime.date) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(open, close) of the XNYS session on a New York date, None on a holiday or weekend (once per day:
+    the calendar's lookups cost ~0.3 ms, every order entry asks twice)."""
     cal = calendar()
-    day = pd.Timestamp(t.tz_convert("America/New_York").date())
-    if not cal.is_session(day):
-        return False
-    return bool(cal.session_open(day) <= t < cal.session_close(day))
+    d = pd.Timestamp(day)
+    if not cal.is_session(d):
+        return None
+    return cal.session_open(d), cal.session_close(d)
+
+
+def maybe_placed(e: BaseException) -> bool:
+    """True when a failed submit may still have placed the order, or may succeed when tried again later.
+
+    Such an outcome is looked up by client_order_id and left pending, never rejected: a timeout or a
+    dropped connection, a retryable error (429/5xx, retries exhausted, OutcomeUnknown), an answer
+    that was lost or not understood. Definitive refusals (the broker's 4xx; OversellRefused and bad
+    prices, which send nothing) are not: they are recorded as rejects. A sell refused only because
+    the held shares are still promised to orders being canceled is retried (OversellRefused.transient).
+    """
+    if not isinstance(e, BrokerError):
+        return True
+    return bool(e.retryable or getattr(e, "outcome_unknown", False) or getattr(e, "unparsed", False)
+                or getattr(e, "transient", False))
+
+
+class _Held:
+    """What one drain pass holds back: symbols with a stuck entry, symbols queued behind one, a count."""
+
+    def __init__(self) -> None:
+        self.stuck: set[str] = set()
+        self.symbols: set[str] = set()
+        self.waiting = 0
 
 
 def round_tick(price: float) -> float:
@@ -46,7 +85,7 @@ class Executor:
 
     def __init__(self, store: RedisState, broker: Any, *, consumer: str = "executor-1", auto: bool = True,
                  clock: str = "bar", min_idle_ms: int = 5_000, tick_round: bool = True,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, lanes: int = 4) -> None:
         self.store = store
         self.r = store.r
         self.broker = broker
@@ -57,56 +96,180 @@ class Executor:
         self.tick_round = tick_round
         self._now = now
         self.counts = {"processed": 0, "orders": 0, "rejects": 0, "blocked": 0, "unknown": 0}
+        self._stuck: dict[bytes, tuple[float, int]] = {}  # entry id -> (first failure, attempts)
+        # symbol -> ("bracket" | "oco", id of one member): the exit orders this executor placed, canceled by
+        # id before the next sell or re-anchor instead of listing the symbol's open orders first
+        self._groups: dict[str, tuple[str, str]] = {}
+        self.lanes = lanes
+        self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
+        self._lock = threading.Lock()
         store.ensure_group()
 
     # ------------------------------------------------------------------ reading
-    def _read(self, block_ms: int | None) -> list[tuple[bytes, dict]]:
+    def drain(self, block_ms: int | None = None) -> int:
+        """Handle every waiting entry once (own pending first, then idle ones of others, then new); returns acks.
+
+        An entry that cannot be acknowledged (its outcome is unknown) stays pending and is retried on
+        the next pass. Entries behind it wait when order matters: the same symbol's (they must go in
+        order) and every buy (it could pair with the stuck order, SPEC §6, or need the cash it frees).
+        Other symbols' sells and re-anchored exits go on: they only ever reduce risk.
+        """
         k = self.store.keys.signals
-        own = self.r.xreadgroup(GROUP, self.consumer, {k: "0"}, count=100)
-        entries = own[0][1] if own else []
-        if entries:
-            return entries
+        held = _Held()
+        done = 0
+        last = "0"
+        while True:  # this consumer's pending entries (a crashed life's, or ones held back), every page
+            own = self.r.xreadgroup(GROUP, self.consumer, {k: last}, count=100)
+            entries = own[0][1] if own else []
+            if not entries:
+                break
+            done += self._batch(entries, held, reread=True)
+            last = entries[-1][0]
         claimed = self.r.xautoclaim(k, GROUP, self.consumer, self.min_idle_ms, "0-0", count=100)
         if claimed and claimed[1]:
             log.info("signals_reclaimed", count=len(claimed[1]), reason="idle_pending_of_another_consumer")
-            return claimed[1]
-        got = self.r.xreadgroup(GROUP, self.consumer, {k: ">"}, count=100, block=block_ms)
-        return got[0][1] if got else []
-
-    def drain(self, block_ms: int | None = None) -> int:
-        """Handle entries until none is waiting; returns how many were acknowledged."""
-        done = 0
+            done += self._batch(claimed[1], held, reread=True)
         while True:
-            entries = self._read(block_ms)
+            got = self.r.xreadgroup(GROUP, self.consumer, {k: ">"}, count=100, block=block_ms)
+            entries = got[0][1] if got else []
             if not entries:
-                return done
+                break
+            done += self._batch(entries, held)
+            block_ms = None
+        if held.waiting:
+            log.error("orders_waiting", count=held.waiting, stuck=",".join(sorted(held.stuck)),
+                      held_back=",".join(sorted(held.symbols - held.stuck)),
+                      reason="an order with an unknown outcome is not yet resolved",
+                      action="retried on the next pass; same-symbol orders and buys wait behind it")
+        return done
+
+    def _batch(self, entries: list[tuple[bytes, dict | None]], held: _Held, reread: bool = False) -> int:
+        """Handle entries in stream order; acknowledge the handled ones; hold back what must wait.
+
+        `reread`: entries delivered before (a crashed life's, a held-back or a claimed one): each order
+        is looked up by client_order_id first, since it may already be at the broker.
+        """
+        acks: list[bytes] = []
+        orders: list[tuple[bytes, dict[str, str]]] = []
+        try:
             for eid, fields in entries:
                 if fields is None:  # deleted entry still pending: just ack it
-                    self.r.xack(self.store.keys.signals, GROUP, eid)
+                    acks.append(eid)
                     continue
                 f = {a.decode(): b.decode() for a, b in fields.items()}
-                if self.handle(f):
-                    self.r.xack(self.store.keys.signals, GROUP, eid)
-                    done += 1
+                if f.get("kind") in ("order", "protect") and self.auto:
+                    if reread:
+                        f["_reread"] = "1"
+                    orders.append((eid, f))
                 else:
-                    return done  # keep order: retry this entry later
-            block_ms = None
+                    self.handle(f)  # a decision without an order (or AUTO_MODE=0): recorded, nothing placed
+                    acks.append(eid)
+            if orders:
+                self._place(orders, acks, held)
+        finally:
+            self._flush(acks)
+        return len(acks)
+
+    def _place(self, orders: list[tuple[bytes, dict[str, str]]], acks: list[bytes], held: _Held) -> None:
+        """Place a batch's orders: each symbol's in stream order, different symbols side by side.
+
+        An exit costs three round trips (cancel, share check, sell): a flatten of five positions
+        must not cost fifteen in a row. An entry waits for its symbol's earlier entries and for the
+        earlier buys (buying power goes in stream order); if one of those cannot be acknowledged it
+        waits too. A symbol or a buy already held back when the batch starts does not go at all.
+        """
+        tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
+        last_of: dict[str, Future] = {}
+        last_buy: Future | None = None
+        pooled = len(orders) > 1 and self.lanes > 1
+        if pooled and self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.consumer}-lane")
+        for eid, f in orders:
+            sym = f.get("symbol", "")
+            buy = f.get("kind") == "order" and f.get("side") == "buy"
+            if sym in held.symbols or (buy and held.stuck):
+                held.symbols.add(sym)  # keeps this symbol's later entries in order behind it
+                held.waiting += 1
+                continue
+            deps = [d for d in (last_of.get(sym), last_buy if buy else None) if d is not None]
+            if pooled:
+                fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
+            else:
+                fut = Future()
+                fut.set_result(self._task(f, deps))
+            last_of[sym] = fut
+            if buy:
+                last_buy = fut
+            tasks.append((eid, f, sym, fut))
+        error: BaseException | None = None
+        for eid, f, sym, fut in tasks:  # in stream order
+            state, exc = fut.result()
+            error = error or exc
+            if state == "ok":
+                acks.append(eid)
+                self._stuck.pop(eid, None)
+                continue
+            held.symbols.add(sym)
+            held.waiting += 1
+            if state != "stuck":
+                continue  # held behind a stuck one (or a bug's entry): read again next pass
+            held.stuck.add(sym)
+            first, tries = self._stuck.get(eid, (self._now(), 0))
+            self._stuck[eid] = (first, tries + 1)
+            log.error("order_stuck", ticker=sym, client_order_id=f.get("client_order_id") or None,
+                      kind=f.get("kind"), attempts=tries + 1, stuck_s=round(self._now() - first, 1),
+                      reason="outcome unknown: not acknowledged",
+                      action="retried on the next pass; this symbol's later orders and all buys wait")
+        if error is not None:
+            raise error  # after the batch's other entries are recorded (the caller writes them)
+
+    def _task(self, f: dict[str, str], deps: list[Future]) -> tuple[str, BaseException | None]:
+        """One order entry once the entries it waits for are through: ("ok" | "stuck" | "held" | "error", error)."""
+        if any(d.result()[0] != "ok" for d in deps):
+            return "held", None
+        try:
+            return ("ok" if self.handle(f) else "stuck"), None
+        except Exception as e:  # a bug, not the broker: raised once the other entries are recorded
+            return "error", e
+
+    def _flush(self, acks: list[bytes]) -> None:
+        """The batch's acknowledgements in one round trip (a crash before it only means the entries are
+        read again: their client_order_ids make that a lookup, never a second order)."""
+        if acks:
+            self.r.xack(self.store.keys.signals, GROUP, *acks)
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
-        """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost)."""
-        while True:
-            try:
-                if stop():
-                    return
-                self.drain(block_ms)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.error("executor_redis_unreachable", reason=type(e).__name__)
-                time.sleep(0.5)
+        """Loop until `stop()`; Redis outages are waited out (entries stay pending, nothing is lost).
+
+        An entry left pending is retried once per pass, and a pass with nothing new waits `block_ms`,
+        so a stuck order is retried about twice a second, not in a tight loop.
+        """
+        try:
+            while True:
+                try:
+                    if stop():
+                        return
+                    self.drain(block_ms)
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.error("executor_redis_unreachable", reason=type(e).__name__)
+                    time.sleep(0.5)
+        finally:
+            self.close()
+
+    def _count(self, what: str) -> None:
+        with self._lock:  # lanes count from several threads
+            self.counts[what] += 1
+
+    def close(self) -> None:
+        """Stop the lane threads (idle ones end at once; a running order finishes first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ------------------------------------------------------------------ handling
     def handle(self, f: dict[str, str]) -> bool:
         """Act on one entry; True when it may be acknowledged."""
-        self.counts["processed"] += 1
+        self._count("processed")
         kind = f.get("kind")
         if kind not in ("order", "protect") or not self.auto:
             if kind == "order":
@@ -116,7 +279,7 @@ class Executor:
         t = pd.Timestamp(f["bar_time"]) + pd.Timedelta(minutes=1)
         now = t if self.clock == "bar" else pd.Timestamp(self._now(), unit="s", tz="UTC")
         if not (in_session(t) and in_session(now - pd.Timedelta(microseconds=1))):
-            self.counts["blocked"] += 1
+            self._count("blocked")
             log.warning("order_blocked", ticker=f["symbol"], reason="outside_xnys_session", rule="session_gate",
                         client_order_id=f.get("client_order_id"))
             return True
@@ -138,35 +301,74 @@ class Executor:
 
     def _order(self, f: dict[str, str]) -> bool:
         it = self._intent(f)
-        cid = it.client_order_id
+        cid, sym = it.client_order_id, it.symbol
+        if f.get("_reread"):
+            placed = self._placed_before(cid, sym)
+            if placed is not None:
+                return placed
         try:
-            if it.side == "sell":
-                self._cancel_open(it.symbol)
-            order = self.broker.submit(it)
-        except BrokerError as e:
-            if e.retryable or e.status is None:
-                return self._lookup(cid, it.symbol, e)
-            self.counts["rejects"] += 1
-            self._record(cid, it.symbol, "rejected", str(e))
-            log.warning("order_rejected", ticker=it.symbol, client_order_id=cid, reason=str(e), status=e.status)
-            return True
-        except Exception as e:  # unknown outcome (timeout, connection dropped after sending)
-            return self._lookup(cid, it.symbol, e)
-        self.counts["orders"] += 1
-        self._record(cid, it.symbol, str(getattr(order.status, "value", order.status)), str(order.id))
+            release = None
+            if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
+                if self._cancel_known(sym, ("oco",), it.intent):
+                    release = lambda: self._cancel_listed(sym, it.intent)  # noqa: E731 (if shares stay promised)
+                else:
+                    self._cancel_listed(sym, it.intent)
+            order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
+        except Exception as e:
+            self._groups.pop(sym, None)
+            if maybe_placed(e):
+                return self._lookup(cid, sym, e)
+            return self._reject(cid, sym, e, "order_rejected")
+        self._count("orders")
+        self._record(cid, sym, str(getattr(order.status, "value", order.status)), str(order.id))
+        legs = list(getattr(order, "legs", None) or [])
+        if it.side == "buy" and legs:
+            self._groups[sym] = ("bracket", str(legs[0].id))
+        else:
+            self._groups.pop(sym, None)
+        return True
+
+    def _placed_before(self, cid: str, symbol: str) -> bool | None:
+        """An entry read again: True when the broker already has its order (recorded: acknowledge it),
+        False when the broker cannot say (left pending), None when it has none (act on the entry).
+
+        Without it a re-read exit would first cancel the symbol's open orders, its own sell among them,
+        and then find its client_order_id taken: the position would stay, unprotected.
+        """
+        try:
+            o = self.broker.order_by_client_id(cid)
+        except Exception as e:
+            if isinstance(e, BrokerError) and e.status == 404:
+                return None
+            log.warning("order_outcome_unknown", ticker=symbol, client_order_id=cid, reason="entry read again",
+                        lookup=type(e).__name__, detail=str(e)[:200], action="left pending; retried later")
+            return False
+        log.info("order_found_by_lookup", ticker=symbol, client_order_id=cid, status=str(o.status),
+                 reason="entry read again")
+        self._count("orders")
+        self._record(cid, symbol, str(getattr(o.status, "value", o.status)), str(o.id))
+        self._groups.pop(symbol, None)  # what else is working for the symbol: the listing will say
+        return True
+
+    def _reject(self, cid: str, symbol: str, e: BaseException, event: str) -> bool:
+        """A definitive refusal (the broker's 4xx, or nothing sent at all): recorded, logged, acknowledged."""
+        self._count("rejects")
+        self._record(cid, symbol, "rejected", str(e))
+        log.warning(event, ticker=symbol, client_order_id=cid, reason=str(e), status=getattr(e, "status", None),
+                    error=type(e).__name__, action="acknowledged; not retried")
         return True
 
     def _lookup(self, cid: str, symbol: str, err: BaseException) -> bool:
         """Outcome unknown: the order is looked up by client_order_id, never decided again."""
-        self.counts["unknown"] += 1
+        self._count("unknown")
         try:
             o = self.broker.order_by_client_id(cid)
         except Exception as e:
             log.warning("order_outcome_unknown", ticker=symbol, client_order_id=cid, reason=type(err).__name__,
-                        lookup=type(e).__name__, action="left pending; retried later")
+                        detail=str(err)[:200], lookup=type(e).__name__, action="left pending; retried later")
             return False
         log.info("order_found_by_lookup", ticker=symbol, client_order_id=cid, status=str(o.status))
-        self.counts["orders"] += 1
+        self._count("orders")
         self._record(cid, symbol, str(getattr(o.status, "value", o.status)), str(o.id))
         return True
 
@@ -177,14 +379,37 @@ class Executor:
         req = GetOrdersRequest(status=QueryOrderStatus.OPEN, symbols=[symbol], nested=False, limit=500)
         return list(self.broker._call("get_orders", self.broker.client.get_orders, req, ticker=symbol))
 
-    def _cancel_open(self, symbol: str) -> None:
-        """Cancel the symbol's working orders (bracket legs) before a kernel exit sells the position."""
+    def _cancel_known(self, symbol: str, kinds: tuple[str, ...], reason: str) -> bool:
+        """Cancel the exit orders this executor placed for `symbol` by id (one request); False when it cannot.
+
+        A bracket's legs are one OCO group, as is an OCO with its stop: canceling one member frees
+        the group's shares. False (the caller lists the symbol's open orders instead) when nothing is
+        known (a restart, another executor), the kind does not fit (an entry may still be working),
+        or the broker says the order is gone (404/422: filled, canceled or replaced meanwhile). The
+        broker stays the truth: the sell's share check and the OCO's own refusal catch the rest.
+        """
+        known = self._groups.pop(symbol, None)
+        if known is None or known[0] not in kinds:
+            return False
+        try:
+            self.broker.cancel(known[1])
+        except BrokerError as e:
+            if e.status in (404, 422):
+                log.info("cancel_by_id_missed", ticker=symbol, order_id=known[1], status=e.status, reason=reason,
+                         action="canceling every open order of the symbol instead")
+                return False
+            raise
+        log.info("order_canceled", ticker=symbol, order_id=known[1], group=known[0], reason=reason)
+        return True
+
+    def _cancel_listed(self, symbol: str, reason: str = "kernel_exit") -> None:
+        """Cancel every open order of the symbol the broker lists (bracket legs, OCOs, entries still working)."""
         for o in self._open_orders(symbol):
             try:
                 self.broker.cancel(str(o.id))
-                log.info("order_canceled", ticker=symbol, client_order_id=o.client_order_id, reason="kernel_exit")
+                log.info("order_canceled", ticker=symbol, client_order_id=o.client_order_id, reason=reason)
             except BrokerError as e:
-                if e.status != 422:  # 422: already filled/canceled meanwhile
+                if e.status not in (404, 422):  # already filled/canceled meanwhile (an OCO partner goes with it)
                     raise
 
     def _protect(self, f: dict[str, str]) -> bool:
@@ -203,30 +428,48 @@ class Executor:
         if math.isnan(stop) or math.isnan(tp) or not qty > 0:
             return True
         cid = client_order_id(f["strategy"], sym, pd.Timestamp(f["bar_time"]), "protect")
+        if f.get("_reread"):
+            placed = self._placed_before(cid, sym)
+            if placed is not None:
+                return placed
         if self.tick_round:
             stop, tp = round_tick(stop), round_tick(tp)
+        req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                                limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
+                                take_profit=TakeProfitRequest(limit_price=tp), stop_loss=StopLossRequest(stop_price=stop))
+
+        def place() -> Any:
+            return self.broker._call("submit_order", self.broker.client.submit_order, req, ticker=sym,
+                                     client_order_id=cid)
+
         try:
-            self._cancel_open(sym)
-            req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
-                                    limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
-                                    take_profit=TakeProfitRequest(limit_price=tp),
-                                    stop_loss=StopLossRequest(stop_price=stop))
-            o = self.broker._call("submit_order", self.broker.client.submit_order, req, ticker=sym,
-                                  client_order_id=cid)
+            if self._cancel_known(sym, ("bracket", "oco"), "reanchor_exits"):
+                try:
+                    o = place()
+                except BrokerError as e:
+                    if e.status != 403:  # 403: shares still promised to an order canceling by id did not free
+                        raise
+                    self._cancel_listed(sym, "reanchor_exits")
+                    o = place()
+            else:
+                self._cancel_listed(sym, "reanchor_exits")
+                o = place()
         except BrokerError as e:
             if e.status in (409, 422) and "unique" in str(e):
                 return True  # placed by an earlier life of this executor
-            if e.retryable or e.status is None:
+            if maybe_placed(e):
                 return self._lookup(cid, sym, e)
-            self.counts["rejects"] += 1
-            log.warning("reanchor_rejected", ticker=sym, client_order_id=cid, reason=str(e), status=e.status)
-            return True
+            return self._reject(cid, sym, e, "reanchor_rejected")
         except Exception as e:
             return self._lookup(cid, sym, e)
+        self._groups[sym] = ("oco", str(o.id))
         self._record(cid, sym, str(getattr(o.status, "value", o.status)), str(o.id))
         log.info("exits_reanchored", ticker=sym, stop=stop, take_profit=tp, rule="bracket", client_order_id=cid)
         return True
 
     def _record(self, cid: str, symbol: str, status: str, detail: str) -> None:
+        """What happened to an order, for reports and status: written as soon as the broker answered
+        (before the entry's acknowledgement, so a crash in between leaves the record and a pending entry,
+        whose second reading is a lookup by client_order_id)."""
         self.r.xadd(self.store.keys.sent, {"client_order_id": cid, "symbol": symbol, "status": status,
                                            "detail": detail[:300]})

@@ -261,6 +261,20 @@ def test_refused_connection_is_retried_then_a_retryable_broker_error() -> None:
     assert len(waits) == 3
 
 
+def test_env_proxy_carries_a_remote_broker_but_never_a_sim_on_loopback(stub_factory, monkeypatch) -> None:
+    """A proxy in the environment is for Alpaca; a loopback sim is reached directly (and cheaply)."""
+    proxy = stub_factory(lambda *a: (200, account_json(equity=10_000.0)))
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    remote = AlpacaBroker(KEY, SECRET, url="http://broker.example.invalid", max_attempts=1)
+    assert remote.equity() == 10_000.0 and proxy.calls() == [("GET", "/v2/account")]  # through the proxy
+    sim = stub_factory(lambda *a: (200, account_json(equity=5_000.0)))
+    assert _stub_broker(sim).equity() == 5_000.0
+    assert len(proxy.calls()) == 1 and sim.calls() == [("GET", "/v2/account")]
+
+
 # ------------------------------------------------------------------ statuses
 EXPECTED_PHASE = {
     "new": WORKING, "partially_filled": WORKING, "accepted": WORKING, "pending_new": WORKING,

@@ -229,6 +229,30 @@ def test_a_taken_or_impossible_port_is_one_line_not_a_traceback() -> None:
     assert (r.returncode, r.stderr.strip()) == (2, "live.sim: --port must be 0..65535 (0 picks a free port), got 99999")
 
 
+def test_cli_rate_limit_flag_reaches_the_sim_and_a_bad_one_is_one_line(home, monkeypatch, capsys) -> None:
+    """--rate-limit (benchmarks raise it so they never stall on 429) reaches the server; default Alpaca's 200."""
+    import live.sim.__main__ as sim_cli
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(panel: object, cfg: object, **kw: object) -> None:
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr("live.sim.server.SimServer", capture)
+    with pytest.raises(Stop):
+        sim_cli.main(["--replay", "2024-10-22", "--port", "0", "--rate-limit", "100000"])
+    assert seen["rate_limit"] == 100_000
+    with pytest.raises(Stop):
+        sim_cli.main(["--replay", "2024-10-22", "--port", "0"])
+    assert seen["rate_limit"] == 200
+    assert sim_cli.main(["--replay", "2024-10-22", "--port", "0", "--rate-limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "live.sim: --rate-limit must be >= 1 request per minute, got 0"
+
+
 # ------------------------------------------------------------------ 4: following next_page_token
 def _rows(bars: dict) -> list[tuple[str, str, float]]:
     return [(sym, b["t"], b["c"]) for sym, lst in bars.items() for b in lst]

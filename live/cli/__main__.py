@@ -135,7 +135,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         from live.runner import drive_alpaca
 
-        out = drive_alpaca(runner, key, secret, broker, stop=lambda: stopping["now"])
+        worker = executor_thread(a, store, lambda: stopping["now"] or store.killed()) if a.with_executor else None
+        try:
+            out = drive_alpaca(runner, key, secret, broker, stop=lambda: stopping["now"])
+        finally:
+            if worker is not None:
+                stopping["now"] = True
+                worker.join(10)
     if store.killed():
         from live.runner import kill_switch
 
@@ -143,6 +149,22 @@ def cmd_run(a: argparse.Namespace) -> int:
         out = "killed"
     print(json.dumps({"result": out, "bar": store.load()[1]}))
     return 0
+
+
+def executor_thread(a: argparse.Namespace, store: Any, stop: Any) -> Any:
+    """`run --with-executor` on Alpaca: the executor on a thread of the runner's process, blocking on
+    XREADGROUP as its own process would (a signal is picked up the moment it is committed), with its
+    own Redis connection and broker session; it stops with the runner."""
+    import threading
+
+    from live.executor import Executor
+    from live.state import RedisState
+
+    own = RedisState(type(store.r).from_url(a.redis, socket_timeout=5, socket_connect_timeout=2), store.keys)
+    ex = Executor(own, _broker(a), auto=auto_mode(), clock="bar" if a.sim_url else "wall")
+    t = threading.Thread(target=ex.run, args=(stop,), name="executor", daemon=True)
+    t.start()
+    return t
 
 
 def cmd_executor(a: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 --speed 0 is step mode (advance with POST /sim/step). Keys come from the environment only
 (SIM_API_KEY / SIM_SECRET_KEY; a key on a command line shows in `ps`), else the published
 defaults, which are fit for loopback use only. --account cash keeps a cash account (no shorting).
---sample writes the bundled sample into the catalog first.
+--sample writes the bundled sample into the catalog first. --rate-limit N answers 429 past N
+requests a minute per key (200, Alpaca's; raise it for benchmarks that must not stall on 429).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parity replays: accept prices off Alpaca's tick and report exact float prices")
     ap.add_argument("--account", choices=("margin", "cash"), default=None,
                     help="margin (Alpaca paper's default: 2x/4x, shorting) or cash (1x, no shorting)")
+    ap.add_argument("--rate-limit", type=int, default=200, metavar="N",
+                    help="requests per minute per API key before 429 (default 200, as Alpaca; raise it for "
+                         "benchmarks)")
     ap.add_argument("--sample", action="store_true", help="write the bundled synthetic sample if missing")
     return ap
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         loopback_host(a.host)  # fail before touching the catalog
         if not 0 <= a.port <= 65535:
             raise ConfigError(f"--port must be 0..65535 (0 picks a free port), got {a.port}")
+        if a.rate_limit < 1:
+            raise ConfigError(f"--rate-limit must be >= 1 request per minute, got {a.rate_limit}")
         params = Params.load()  # preset (TIERLAB_MODE), then TIERLAB_<FIELD>: a bad value is one line
         from data.catalog import Catalog
 
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         fee_per_share=params.fee_per_share if a.fee_per_share is None else a.fee_per_share,
                         fee_per_order=params.fee_per_order if a.fee_per_order is None else a.fee_per_order,
                         exact_prices=a.exact_prices, **{k: v for k, v in given.items() if v is not None})
-        server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed)
+        server = SimServer(panel, cfg, host=a.host, port=a.port, speed=a.speed, rate_limit=a.rate_limit)
         asyncio.run(server.serve())
     except TierlabError as e:
         print(f"live.sim: {e}", file=sys.stderr)

@@ -51,6 +51,7 @@ class Hub:
         self.secret_key = secret_key
         self.limiter = limiter
         self.trade_listeners: set[web.WebSocketResponse] = set()
+        engine.stream_events = False  # until a trade_updates listener subscribes
         self.bar_subs: dict[web.WebSocketResponse, set[str]] = {}
         self.faults: deque[tuple[int, bool]] = deque()
         self.lock = asyncio.Lock()
@@ -65,6 +66,7 @@ class Hub:
     async def flush(self) -> None:
         """Send pending trade updates and closed bars to the websocket subscribers."""
         events, bars = self.engine.drain()
+        self.engine.stream_events = bool(self.trade_listeners)  # no listener: no trade_updates payloads to build
         for data in events:
             frame = json.dumps({"stream": "trade_updates", "data": data}).encode()
             for ws in list(self.trade_listeners):
@@ -605,6 +607,7 @@ async def trade_stream(request: web.Request) -> web.WebSocketResponse:
                 hub.trade_listeners.add(ws)
             else:
                 hub.trade_listeners.discard(ws)
+            hub.engine.stream_events = bool(hub.trade_listeners)
             await ws.send_bytes(json.dumps({"stream": "listening", "data": {"streams": streams}}).encode())
     hub.trade_listeners.discard(ws)
     return ws

@@ -213,8 +213,10 @@ class SimEngine:
         self.last_maintenance_margin = 0.0
         self.holdings: dict[str, Holding] = {}
         self.orders: dict[str, SimOrder] = {}
+        self._maybe_open: dict[str, SimOrder] = {}  # every order not yet seen terminal (see _open_orders)
         self.by_client_id: dict[str, SimOrder] = {}
         self.outbox: list[dict[str, Any]] = []
+        self.stream_events = True  # build trade_updates payloads (the app turns it off while nobody listens)
         self.bars_out: list[dict[str, Any]] = []
         self.activities: list[dict[str, Any]] = []
         self.history: list[tuple[pd.Timestamp, float]] = []  # (bar start, equity after the bar closed)
@@ -272,13 +274,13 @@ class SimEngine:
 
     def _open_session(self) -> None:
         """At the open, orders queued while the market was closed are routed (pending_new, then new)."""
-        for o in list(self.orders.values()):
+        for o in self._open_orders():
             if o.status == "accepted":
                 o.eligible_bar = self.k
                 self._route(o)
 
     def _end_session(self) -> None:
-        for o in list(self.orders.values()):
+        for o in self._open_orders():
             if o.is_open and o.status != "accepted" and o.tif in ("day", "cls", "opg"):
                 self._set_status(o, "expired", "expired")
         self.lastday_close = self.last_close.copy()
@@ -337,9 +339,20 @@ class SimEngine:
             return opening * self._est_price(o)
         return opening * max(o.limit_price or 0.0, self.quote(o.symbol) * SHORT_PRICE_BUFFER)
 
+    def _open_orders(self) -> list[SimOrder]:
+        """The orders that may still fill, in arrival order: what every open-order scan reads.
+
+        A terminal order never reopens, so it is dropped from the set for good; the scans stay
+        proportional to the working orders, not to every order of the replay.
+        """
+        live = [o for o in self._maybe_open.values() if o.is_open]
+        if len(live) != len(self._maybe_open):
+            self._maybe_open = {o.id: o for o in live}
+        return live
+
     def reserved_buy(self, exclude: SimOrder | None = None) -> float:
         """Buying power held for open orders that open positions (legs held behind a bracket excluded)."""
-        return sum(self._opening_value(o) for o in self.orders.values()
+        return sum(self._opening_value(o) for o in self._open_orders()
                    if o.is_open and o.status != "held" and o is not exclude)
 
     @property
@@ -421,11 +434,11 @@ class SimEngine:
     def available_qty(self, symbol: str, exclude: SimOrder | None = None) -> float:
         """Shares held long minus shares promised to open sells (an OCO pair counts once); <= 0 when flat or short."""
         held = self.holdings.get(symbol, Holding()).qty
-        promised = sum(o.remaining for o in self.orders.values()
+        promised = sum(o.remaining for o in self._open_orders()
                        if o.is_open and o.status not in ("held",) and o.side == SELL and o.symbol == symbol
                        and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")
                                                      and any(s.is_open for s in o.siblings)))
-        promised += sum(o.remaining for o in self.orders.values()
+        promised += sum(o.remaining for o in self._open_orders()
                         if o.status == "held" and o.armed and o.side == SELL and o.symbol == symbol
                         and o is not exclude and not any(s.is_open for s in o.siblings))
         return held - promised
@@ -435,7 +448,7 @@ class SimEngine:
         held = self.holdings.get(symbol, Holding()).qty
         if held >= 0:
             return 0.0
-        promised = sum(o.remaining for o in self.orders.values()
+        promised = sum(o.remaining for o in self._open_orders()
                        if o.is_open and o.status != "held" and o.side == BUY and o.symbol == symbol
                        and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")))
         return -held - promised
@@ -589,6 +602,7 @@ class SimEngine:
         self._check_wash(o)
         for x in [o, *o.legs]:
             self.orders[x.id] = x
+            self._maybe_open[x.id] = x
             self.by_client_id[x.client_order_id] = x
         self._release_or_queue(o)
         return o
@@ -683,7 +697,7 @@ class SimEngine:
                                 f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
                                 f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
         elif held == 0:  # flat: a buy opens a long, which Alpaca refuses while a sale opening a short is open
-            for x in self.orders.values():
+            for x in self._open_orders():
                 if x.pending and x.symbol == o.symbol and x.side == SELL and x.parent is None and x is not replacing:
                     raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a long buy while a short sell order is open",
                                     symbol=o.symbol, existing_order_id=x.id)
@@ -700,7 +714,7 @@ class SimEngine:
         if not f.easy_to_borrow and o.tif != "day":
             raise SimReject(422, wire.CODE_UNPROCESSABLE,
                             f"only day orders are allowed for hard-to-borrow asset {o.symbol}", symbol=o.symbol)
-        for x in self.orders.values():
+        for x in self._open_orders():
             if x.pending and x.symbol == o.symbol and x.side == BUY and x.parent is None:
                 raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a short sell while a long buy order is open",
                                 symbol=o.symbol, existing_order_id=x.id)
@@ -722,7 +736,7 @@ class SimEngine:
         """Refuse an order that could trade against one of our own opposite working orders."""
         if o.type not in ("market", "limit"):
             return
-        for x in self.orders.values():
+        for x in self._open_orders():
             if not (x.pending and x.symbol == o.symbol and x.side == -o.side and x.type in ("market", "limit")):
                 continue
             if o.type == "market" or x.type == "market":
@@ -762,7 +776,7 @@ class SimEngine:
     def cancel_all(self) -> list[dict[str, Any]]:
         """Cancel every open order; Alpaca's 207 list of {id, status, body}."""
         out = []
-        for o in list(self.orders.values()):
+        for o in self._open_orders():
             if o.is_open:
                 self.cancel(o.id)
                 out.append({"id": o.id, "status": 200, "body": None})
@@ -819,6 +833,7 @@ class SimEngine:
         o.replaced_by, o.replaced_at = new.id, self.now
         self._set_status(o, "replaced", "replaced")
         self.orders[new.id] = new
+        self._maybe_open[new.id] = new
         self.by_client_id[cid] = new
         if old_status == "held":
             new.status = "held"
@@ -849,7 +864,7 @@ class SimEngine:
         room = np.floor(cfg.max_volume_share * np.nan_to_num(p.volume[k]))
         seen: set[str] = set()
         first, last = bool(self._first_of_run[k]), bool(self._last_of_run[k])
-        for o in list(self.orders.values()):
+        for o in self._open_orders():
             if o.id in seen or not o.active or o.eligible_bar > k:
                 continue
             if (o.tif == "opg" and not first) or (o.tif == "cls" and not last):
@@ -1002,21 +1017,27 @@ class SimEngine:
         self._event(event, o, **extra)
 
     def _event(self, event: str, o: SimOrder, price: float | None = None, qty: float | None = None) -> None:
-        h = self.holdings.get(o.symbol)
-        data: dict[str, Any] = {"event": event, "timestamp": wire.ts(self.now), "order": wire.order_json(o)}
-        if price is not None:
-            data.update(execution_id=str(uuid.uuid4()), price=wire.num(price, exact=o.exact), qty=wire.num(qty),
-                        position_qty=wire.num(h.qty if h else 0.0))
-        self.outbox.append(data)
-        log.info("order_event", ticker=o.symbol, client_order_id=o.client_order_id, status=o.status,
-                 reason=event, order_type=o.type, side="buy" if o.side > 0 else "sell",
-                 qty=qty if qty is not None else o.qty, price=price)
+        if self.stream_events:
+            h = self.holdings.get(o.symbol)
+            data: dict[str, Any] = {"event": event, "timestamp": wire.ts(self.now), "order": wire.order_json(o)}
+            if price is not None:
+                data.update(execution_id=str(uuid.uuid4()), price=wire.num(price, exact=o.exact), qty=wire.num(qty),
+                            position_qty=wire.num(h.qty if h else 0.0))
+            self.outbox.append(data)
+        # the acknowledgements one request sends together are debug chatter; what changes the book is info
+        level = log.debug if event in _ACK_EVENTS else log.info
+        level("order_event", ticker=o.symbol, client_order_id=o.client_order_id, status=o.status,
+              reason=event, order_type=o.type, side="buy" if o.side > 0 else "sell",
+              qty=qty if qty is not None else o.qty, price=price)
 
     def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Take the pending trade updates and closed bars (for the websockets)."""
         ev, bars = self.outbox, self.bars_out
         self.outbox, self.bars_out = [], []
         return ev, bars
+
+
+_ACK_EVENTS = frozenset({"pending_new", "new", "accepted", "held", "pending_cancel", "pending_replace"})
 
 
 def _off_grid(v: float, places: int) -> bool:

@@ -5,6 +5,7 @@ Money and quantities are strings in Alpaca's JSON; times are RFC 3339 UTC. Pure 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import uuid
@@ -29,6 +30,7 @@ ACCOUNT_ID = "5c1f4b0e-0000-4000-8000-000000000001"
 _ASSET_NS = uuid.UUID("6f1b6c1e-6a39-4c65-9a54-7d3c0a1b2c3d")
 
 
+@functools.lru_cache(maxsize=1024)
 def asset_id(symbol: str) -> str:
     """A stable asset UUID per symbol (the same id on every run)."""
     return str(uuid.uuid5(_ASSET_NS, symbol))
@@ -38,7 +40,13 @@ def ts(t: pd.Timestamp | None) -> str | None:
     """RFC 3339 UTC text of a timestamp, or None."""
     if t is None:
         return None
-    return pd.Timestamp(t).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _ts(pd.Timestamp(t))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ts(t: pd.Timestamp) -> str:
+    # an order's times are a handful of replay instants: formatting each once keeps an order's JSON cheap
+    return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def num(x: float | None, exact: bool = False) -> str | None:

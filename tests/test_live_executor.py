@@ -1,0 +1,372 @@
+"""live.executor against live.sim and a real Redis: refusals are recorded and acknowledged, a stuck
+order holds back only what must wait behind it, and exits cancel the legs the executor placed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+import requests
+
+from data.bars import Panel
+from live.broker import AlpacaBroker
+from live.executor import Executor
+from live.sim import SimConfig, SimServer
+from live.state import GROUP, Keys, RedisState
+from strategies.intents import OrderIntent
+from tierlab.errors import BrokerError
+
+pytestmark = pytest.mark.redis
+
+T0 = pd.Timestamp("2024-11-01 14:00", tz="UTC")  # a Friday, inside the XNYS session
+STRATEGY = "tiered_basket"
+
+
+def _panel() -> Panel:
+    idx = pd.date_range("2024-11-01 13:30", periods=60, freq="1min", tz="UTC")
+    one = np.full((len(idx), 3), 10.0)
+    return Panel(index=idx, symbols=("AAA", "BBB", "CCC"), open=one, high=one + 0.1, low=one - 0.1, close=one,
+                 volume=np.full((len(idx), 3), 1e7))
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer(_panel(), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as s:
+        s.step(2)  # the session is open and has a price
+        yield s
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisState]:
+    st = RedisState(redis.Redis.from_url(redis_url), Keys.of("test", STRATEGY, "default",
+                                                              root=f"tierlab-test:{uuid.uuid4().hex[:10]}:"))
+    st.ensure_group()
+    yield st
+    st.delete_all()
+
+
+def _intent(sym: str, side: str, qty: float, minute: int, intent: str, **kw: Any) -> OrderIntent:
+    return OrderIntent(STRATEGY, sym, side, qty, T0 + pd.Timedelta(minutes=minute + 1), intent=intent, **kw)
+
+
+def _publish(store: RedisState, it: OrderIntent) -> None:
+    """One order entry on signals.raw, as the runner writes it."""
+    bar = it.bar_time - pd.Timedelta(minutes=1)
+    store.r.xadd(store.keys.signals, {
+        "kind": "order", "symbol": it.symbol, "code": 1, "reason": it.intent, "score": "0.5",
+        "bar_time": bar.isoformat(), "mode": "default", "strategy": STRATEGY,
+        "client_order_id": it.client_order_id, "side": it.side, "qty": repr(float(it.qty)), "intent": it.intent,
+        "decided": str(int(it.bar_time.timestamp())), "stop_loss": "" if it.stop_loss is None else it.stop_loss,
+        "take_profit": "" if it.take_profit is None else it.take_profit})
+
+
+def _sent(store: RedisState) -> dict[str, str]:
+    return {f[b"client_order_id"].decode(): f[b"status"].decode() for _, f in store.r.xrange(store.keys.sent)}
+
+
+def _pending(store: RedisState) -> int:
+    return int(store.r.xpending(store.keys.signals, GROUP)["pending"])
+
+
+def _at_broker(sim: SimServer) -> list[str]:
+    """client_order_ids of the sim's orders, in the order they arrived (legs excluded)."""
+    return sim.call(lambda: [o.client_order_id for o in sim.engine.orders.values() if o.parent is None])
+
+
+def test_oversell_is_recorded_as_rejected_and_the_next_order_goes_through(sim: SimServer, store: RedisState) -> None:
+    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    oversell = _intent("AAA", "sell", 5, 0, "signal_exit")  # nothing held: refused before anything is sent
+    buy = _intent("BBB", "buy", 3, 0, "entry")
+    _publish(store, oversell)
+    _publish(store, buy)
+    ex.drain()
+    assert _at_broker(sim) == [buy.client_order_id]
+    assert _sent(store)[oversell.client_order_id] == "rejected"
+    assert _pending(store) == 0 and ex.counts["rejects"] == 1
+
+
+class _Flaky(AlpacaBroker):
+    """A broker whose answer to one client_order_id is lost (and cannot be looked up) until `heal()`."""
+
+    def __init__(self, *a: Any, lost: str, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.lost: str | None = lost
+
+    def submit(self, intent: OrderIntent, **kw: Any) -> Any:
+        if intent.client_order_id == self.lost:
+            raise requests.ReadTimeout("read timed out")
+        return super().submit(intent, **kw)
+
+    def order_by_client_id(self, cid: str) -> Any:
+        if cid == self.lost:
+            raise BrokerError("lookup failed: HTTP 503", status=503, retryable=True)
+        return super().order_by_client_id(cid)
+
+
+def test_a_stuck_order_holds_back_its_symbol_and_buys_while_other_exits_go_on(sim: SimServer,
+                                                                               store: RedisState) -> None:
+    setup = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    setup.submit(_intent("CCC", "buy", 4, -5, "entry"))
+    sim.step(1)  # CCC filled: 4 held
+    stuck = _intent("AAA", "buy", 2, 0, "entry")
+    broker = _Flaky(sim.api_key, sim.secret_key, url=sim.url, lost=stuck.client_order_id)
+    ex = Executor(store, broker)
+    behind_buy = _intent("BBB", "buy", 3, 0, "entry")
+    same_symbol = _intent("AAA", "buy", 1, 1, "entry")
+    other_exit = _intent("CCC", "sell", 4, 1, "signal_exit")
+    for it in (stuck, behind_buy, same_symbol, other_exit):
+        _publish(store, it)
+    ex.drain()
+    before = _at_broker(sim)
+    assert other_exit.client_order_id in before  # an exit of another symbol is not held hostage
+    assert not {stuck.client_order_id, behind_buy.client_order_id, same_symbol.client_order_id} & set(before)
+    assert _pending(store) == 3
+    ex.drain()  # still unresolved: nothing moves, nothing is lost
+    assert _pending(store) == 3
+    broker.lost = None  # the broker answers again: the three go, in stream order
+    ex.drain()
+    assert _at_broker(sim)[len(before):] == [stuck.client_order_id, behind_buy.client_order_id,
+                                             same_symbol.client_order_id]
+    assert _pending(store) == 0
+
+
+def test_refusals_that_sent_nothing_are_final_but_unknown_outcomes_are_looked_up() -> None:
+    from live.broker import OutcomeUnknown, OversellRefused
+    from live.executor import maybe_placed
+
+    assert not maybe_placed(OversellRefused("nothing held", held=0.0, available=0.0))
+    assert not maybe_placed(BrokerError("base price 0.01 leaves no room for a stop", retryable=False))
+    assert not maybe_placed(BrokerError("HTTP 403 insufficient buying power", status=403))
+    # shares held but promised to legs whose cancel is not confirmed yet: the exit must not be dropped
+    assert maybe_placed(OversellRefused("all 5 held shares are promised", held=5.0, available=0.0))
+    assert maybe_placed(OutcomeUnknown("lookup failed", "tl-x", 503))
+    assert maybe_placed(BrokerError("HTTP 500", status=500, retryable=True))
+    assert maybe_placed(requests.ReadTimeout("read timed out"))
+
+
+# ------------------------------------------------------------------ exits cancel the legs the executor placed
+def _protect(store: RedisState, sym: str, minute: int, qty: float, stop: float, tp: float) -> None:
+    """A re-anchor entry, as the runner writes it after the kernel's fill."""
+    bar = T0 + pd.Timedelta(minutes=minute)
+    store.r.xadd(store.keys.signals, {
+        "kind": "protect", "symbol": sym, "code": 0, "reason": "reanchor_exits", "score": "nan",
+        "bar_time": bar.isoformat(), "mode": "default", "strategy": STRATEGY, "client_order_id": "",
+        "stop_loss": repr(stop), "take_profit": repr(tp), "qty": repr(float(qty))})
+
+
+class _Counting(AlpacaBroker):
+    """The real adapter, counting the HTTP requests it sends."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.sent: list[tuple[str, str]] = []
+        inner = self.client._session.request
+
+        def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            path = "/" + url.split("/", 3)[3].split("?")[0]
+            self.sent.append((method, "/v2/orders/{id}" if path.startswith("/v2/orders/") else path))
+            return inner(method, url, *args, **kwargs)
+
+        self.client._session.request = request  # type: ignore[method-assign]
+
+
+def _book(sim: SimServer, sym: str) -> tuple[float, list[str]]:
+    """(shares held, client_order_ids of the symbol's open orders) at the sim."""
+    def read() -> tuple[float, list[str]]:
+        h = sim.engine.holdings.get(sym)
+        return (h.qty if h else 0.0), [o.client_order_id for o in sim.engine.orders.values()
+                                      if o.symbol == sym and o.is_open]
+    return sim.call(read)
+
+
+def _entered(sim: SimServer, store: RedisState, broker: AlpacaBroker) -> Executor:
+    """An executor that bought 10 AAA as a bracket (filled) and re-anchored its exits as one OCO."""
+    ex = Executor(store, broker)
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "AAA", 1, 10, 9.5, 10.5)
+    ex.drain()
+    return ex
+
+
+def test_an_exit_cancels_its_own_legs_by_id_then_checks_the_shares_and_sells(sim: SimServer,
+                                                                              store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _entered(sim, store, broker)
+    assert broker.sent[-2:] == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders")]  # the re-anchor: no listing
+    held, working = _book(sim, "AAA")
+    assert held == 10 and len(working) == 2 and any("-protect-" in c for c in working)  # the OCO and its stop
+    del broker.sent[:]
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("GET", "/v2/positions/AAA"), ("POST", "/v2/orders")]
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])  # sold exactly what was held, no leg left behind
+
+
+def test_an_exit_whose_legs_were_canceled_elsewhere_falls_back_to_the_listing(sim: SimServer,
+                                                                              store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _entered(sim, store, broker)
+    other = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)  # a person (or the kill switch) steps in
+    for o in other.open_orders(["AAA"]):
+        other.cancel(str(o.id))
+    other.submit(_intent("AAA", "sell", 4, 1, "by_hand", type="limit", limit_price=12.0))
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    assert ("GET", "/v2/orders") in broker.sent  # the known OCO was gone (422): every open order listed instead
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])
+
+
+def test_shares_still_promised_to_an_unknown_order_are_freed_before_the_exit_sells(sim: SimServer,
+                                                                                   store: RedisState) -> None:
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "AAA", 1, 6, 9.5, 10.5)  # the OCO guards 6 shares ...
+    ex.drain()
+    AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url).submit(  # ... and someone promised the other 4
+        _intent("AAA", "sell", 4, 1, "by_hand", type="limit", limit_price=12.0))
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])  # all 10 sold, not clamped to the 6 the known OCO freed
+    assert _sent(store)[_intent("AAA", "sell", 10, 2, "signal_exit").client_order_id] != "rejected"
+
+
+# ------------------------------------------------------------------ several symbols in one minute
+def _bought(sim: SimServer, store: RedisState, broker: AlpacaBroker, syms: tuple[str, ...]) -> Executor:
+    """An executor holding 5 of each symbol, each guarded by its re-anchored OCO."""
+    ex = Executor(store, broker)
+    for s in syms:
+        _publish(store, _intent(s, "buy", 5, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    for s in syms:
+        _protect(store, s, 1, 5, 9.5, 10.5)
+    ex.drain()
+    return ex
+
+
+class _Meeting(AlpacaBroker):
+    """Cancels wait for each other at a barrier: they only get through when two run at the same time."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.barrier: Any = None
+
+    def cancel(self, order_id: str) -> None:
+        if self.barrier is not None:
+            self.barrier.wait(timeout=10)  # BrokenBarrierError when the other exit is not on its way
+        super().cancel(order_id)
+
+
+def test_exits_of_different_symbols_in_one_minute_go_side_by_side(sim: SimServer, store: RedisState) -> None:
+    import threading
+
+    broker = _Meeting(sim.api_key, sim.secret_key, url=sim.url)
+    ex = _bought(sim, store, broker, ("AAA", "BBB"))
+    broker.barrier = threading.Barrier(2)
+    for s in ("AAA", "BBB"):
+        _publish(store, _intent(s, "sell", 5, 2, "flatten"))
+    ex.drain()
+    ex.close()
+    sim.step(1)
+    assert [_book(sim, s) for s in ("AAA", "BBB")] == [(0.0, []), (0.0, [])]
+    assert _pending(store) == 0
+
+
+class _SlowBuys(AlpacaBroker):
+    """Records whether a buy started while another was still on its way."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        import threading
+
+        super().__init__(*a, **kw)
+        self.in_flight = 0
+        self.overlapped = False
+        self.lock = threading.Lock()
+
+    def submit(self, intent: OrderIntent, **kw: Any) -> Any:
+        import time as _time
+
+        if intent.side != "buy":
+            return super().submit(intent, **kw)
+        with self.lock:
+            self.overlapped |= self.in_flight > 0
+            self.in_flight += 1
+        try:
+            _time.sleep(0.05)  # a slow answer: a concurrent buy would start meanwhile
+            return super().submit(intent, **kw)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_buys_keep_their_stream_order_while_a_re_anchor_goes_beside_them(sim: SimServer, store: RedisState) -> None:
+    broker = _SlowBuys(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    _publish(store, _intent("CCC", "buy", 5, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "CCC", 1, 5, 9.5, 10.5)  # the runner writes re-anchors first ...
+    buys = [_intent(s, "buy", 2, 1, "entry", stop_loss=9.0, take_profit=11.0) for s in ("BBB", "AAA")]
+    for it in buys:
+        _publish(store, it)  # ... then the minute's decisions
+    ex.drain()
+    ex.close()
+    assert not broker.overlapped  # buying power is spent in stream order
+    arrived = _at_broker(sim)
+    assert arrived.index(buys[0].client_order_id) < arrived.index(buys[1].client_order_id)
+    assert _pending(store) == 0 and _book(sim, "CCC")[1]  # the re-anchored OCO is working
+
+
+def test_the_runners_executor_thread_places_a_committed_signal_and_stops_with_it(
+        sim: SimServer, store: RedisState, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m live run --with-executor` on Alpaca: an executor thread blocking on XREADGROUP."""
+    import argparse
+    import threading
+    import time as _time
+
+    from live.cli.__main__ import executor_thread
+
+    monkeypatch.setenv("AUTO_MODE", "1")
+    stopping = threading.Event()
+    worker = executor_thread(argparse.Namespace(redis=redis_url, sim_url=sim.url), store, stopping.is_set)
+    buy = _intent("BBB", "buy", 3, 0, "entry")
+    _publish(store, buy)
+    deadline = _time.monotonic() + 20
+    while buy.client_order_id not in _at_broker(sim) and _time.monotonic() < deadline:
+        _time.sleep(0.02)
+    stopping.set()
+    worker.join(10)
+    assert buy.client_order_id in _at_broker(sim) and _pending(store) == 0
+    assert not worker.is_alive()
+
+
+def test_an_exit_read_again_after_a_crash_finds_its_sell_and_does_not_cancel_it(sim: SimServer,
+                                                                               store: RedisState) -> None:
+    """A life placed the exit and died before acknowledging it: the next one must not cancel that very sell."""
+    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    _entered(sim, store, broker)
+    sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+    _publish(store, sell)
+    store.r.xreadgroup(GROUP, "executor-1", {store.keys.signals: ">"})  # delivered to the life that dies ...
+    for o in broker.open_orders(["AAA"]):
+        broker.cancel(str(o.id))
+    broker.submit(sell)  # ... after it placed the exit, before its ack
+    Executor(store, broker).drain()  # the next life reads its pending entry again
+    assert _pending(store) == 0 and _book(sim, "AAA")[1] == [sell.client_order_id]  # the sell still works
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])
