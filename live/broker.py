@@ -338,7 +338,8 @@ class _LoopbackSession:
         self._no_retries = urllib3.util.Retry(0, read=False)
 
     def request(self, method: str, url: str, params: Any = None, data: Any = None, headers: Any = None,
-                json: Any = None, timeout: Any = None, allow_redirects: bool = True) -> requests.Response:
+                json: Any = None, timeout: Any = None, allow_redirects: bool = True,
+                **_ignored: Any) -> requests.Response:
         """Send one request and return a requests.Response (status, headers, body read)."""
         target = urlsplit(url)
         if target.scheme != "http" or (target.hostname, target.port or 80) != self.netloc:

@@ -85,7 +85,8 @@ class Executor:
 
     def __init__(self, store: RedisState, broker: Any, *, consumer: str = "executor-1", auto: bool = True,
                  clock: str = "bar", min_idle_ms: int = 5_000, tick_round: bool = True,
-                 now: Callable[[], float] = time.time, lanes: int = 4) -> None:
+                 now: Callable[[], float] = time.time, lanes: int = 4,
+                 stop_check: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.r = store.r
         self.broker = broker
@@ -103,6 +104,7 @@ class Executor:
         self.lanes = lanes
         self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
         self._lock = threading.Lock()
+        self.stop_check = stop_check  # read before each batch is placed (run's `stop` when not given)
         store.ensure_group()
 
     # ------------------------------------------------------------------ reading
@@ -174,32 +176,36 @@ class Executor:
         """Place a batch's orders: each symbol's in stream order, different symbols side by side.
 
         An exit costs three round trips (cancel, share check, sell): a flatten of five positions
-        must not cost fifteen in a row. An entry waits for its symbol's earlier entries and for the
-        earlier buys (buying power goes in stream order); if one of those cannot be acknowledged it
-        waits too. A symbol or a buy already held back when the batch starts does not go at all.
+        must not cost fifteen in a row. An entry waits for its symbol's earlier entries; a buy waits
+        for every earlier entry of the batch (buying power and the exits it was decided after go in
+        stream order); if one of those cannot be acknowledged it waits too. A symbol, or a buy while
+        anything is held back, does not go at all.
         """
         tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
         last_of: dict[str, Future] = {}
-        last_buy: Future | None = None
+        if self.stop_check is not None and self.stop_check():  # the kill switch: nothing more goes out
+            held.waiting += len(orders)
+            log.warning("orders_held", count=len(orders), rule="kill", reason="stop requested")
+            return
         pooled = len(orders) > 1 and self.lanes > 1
         if pooled and self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.consumer}-lane")
         for eid, f in orders:
             sym = f.get("symbol", "")
             buy = f.get("kind") == "order" and f.get("side") == "buy"
-            if sym in held.symbols or (buy and held.stuck):
+            if sym in held.symbols or (buy and (held.stuck or held.symbols)):
                 held.symbols.add(sym)  # keeps this symbol's later entries in order behind it
                 held.waiting += 1
                 continue
-            deps = [d for d in (last_of.get(sym), last_buy if buy else None) if d is not None]
+            # a buy waits for every earlier order of the batch (the kernel decided it after those exits:
+            # their cash, a conflict pair's exit); sells of different symbols go side by side
+            deps = [t[3] for t in tasks] if buy else [d for d in (last_of.get(sym),) if d is not None]
             if pooled:
                 fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
             else:
                 fut = Future()
                 fut.set_result(self._task(f, deps))
             last_of[sym] = fut
-            if buy:
-                last_buy = fut
             tasks.append((eid, f, sym, fut))
         error: BaseException | None = None
         for eid, f, sym, fut in tasks:  # in stream order
@@ -244,6 +250,8 @@ class Executor:
         An entry left pending is retried once per pass, and a pass with nothing new waits `block_ms`,
         so a stuck order is retried about twice a second, not in a tight loop.
         """
+        if self.stop_check is None:
+            self.stop_check = stop
         try:
             while True:
                 try:
@@ -459,6 +467,14 @@ class Executor:
                 return True  # placed by an earlier life of this executor
             if maybe_placed(e):
                 return self._lookup(cid, sym, e)
+            if e.status == 403:  # the shares are still promised: a cancel is pending at the broker (Alpaca
+                held, _ = self.broker._held(sym)  # answers 204 and cancels later); the legs are gone, so
+                if held > 0:  # never give up on protecting a held position: retried next pass
+                    log.warning("reanchor_waiting", ticker=sym, client_order_id=cid, held=held, reason=str(e),
+                                action="retried once the canceled legs free the shares")
+                    return False
+                log.info("reanchor_moot", ticker=sym, client_order_id=cid, reason="nothing held any more")
+                return True
             return self._reject(cid, sym, e, "reanchor_rejected")
         except Exception as e:
             return self._lookup(cid, sym, e)

@@ -134,8 +134,14 @@ class Stub:
         return [(m, p) for m, p, _, _ in self.requests if (method in (None, m)) and (path in (None, p))]
 
 
-@pytest.fixture
-def stub_factory() -> Iterator[Callable[..., Stub]]:
+@pytest.fixture(params=["loopback", "requests"])
+def stub_factory(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Stub]]:
+    """Stub servers on 127.0.0.1; every stub test runs twice: through the loopback transport the sim gets
+    and through the requests session (with its timeouts) that a remote Alpaca gets."""
+    if request.param == "requests":
+        import live.broker
+
+        monkeypatch.setattr(live.broker, "_is_loopback_url", lambda url: False)
     made: list[Stub] = []
 
     def make(routes: Callable[[str, str, dict[str, str], Any], Any]) -> Stub:
@@ -261,16 +267,23 @@ def test_refused_connection_is_retried_then_a_retryable_broker_error() -> None:
     assert len(waits) == 3
 
 
-def test_env_proxy_carries_a_remote_broker_but_never_a_sim_on_loopback(stub_factory, monkeypatch) -> None:
+def test_env_proxy_carries_a_remote_broker_but_never_a_sim_on_loopback(monkeypatch) -> None:
     """A proxy in the environment is for Alpaca; a loopback sim is reached directly (and cheaply)."""
-    proxy = stub_factory(lambda *a: (200, account_json(equity=10_000.0)))
+    stubs = [Stub(lambda *a: (200, account_json(equity=10_000.0))), Stub(lambda *a: (200, account_json(equity=5_000.0)))]
+    try:
+        _proxy_case(monkeypatch, *stubs)
+    finally:
+        for s in stubs:
+            s.close()
+
+
+def _proxy_case(monkeypatch: pytest.MonkeyPatch, proxy: Stub, sim: Stub) -> None:
     for name in ("HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, proxy.url)
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     remote = AlpacaBroker(KEY, SECRET, url="http://broker.example.invalid", max_attempts=1)
     assert remote.equity() == 10_000.0 and proxy.calls() == [("GET", "/v2/account")]  # through the proxy
-    sim = stub_factory(lambda *a: (200, account_json(equity=5_000.0)))
     assert _stub_broker(sim).equity() == 5_000.0
     assert len(proxy.calls()) == 1 and sim.calls() == [("GET", "/v2/account")]
 

@@ -370,3 +370,59 @@ def test_an_exit_read_again_after_a_crash_finds_its_sell_and_does_not_cancel_it(
     assert _pending(store) == 0 and _book(sim, "AAA")[1] == [sell.client_order_id]  # the sell still works
     sim.step(1)
     assert _book(sim, "AAA") == (0.0, [])
+
+
+@pytest.mark.parametrize("lanes", [4, 1])
+def test_a_buy_waits_behind_an_exit_of_another_symbol_whose_outcome_is_unknown(sim, store, lanes: int) -> None:
+    """The kernel decided the buy after the exit (its cash, a conflict pair): while the exit is stuck the
+    buy is not placed, in the same batch or the next, with lanes or without."""
+    setup = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    setup.submit(_intent("CCC", "buy", 4, -5, "entry"))
+    sim.step(1)
+    stuck = _intent("CCC", "sell", 4, 0, "flatten")
+    ex = Executor(store, _Flaky(sim.api_key, sim.secret_key, url=sim.url, lost=stuck.client_order_id), lanes=lanes)
+    buy = _intent("AAA", "buy", 3, 0, "entry")
+    _publish(store, stuck)
+    _publish(store, buy)
+    ex.drain()
+    ex.drain()
+    ex.close()
+    assert buy.client_order_id not in _at_broker(sim)
+    assert _pending(store) == 2  # both kept, in order, for the next pass
+
+
+class _LateCancels(AlpacaBroker):
+    """Alpaca's DELETE answers 204 while the order goes pending_cancel: these cancels take effect later."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.defer = 0
+        self.deferred: list[str] = []
+
+    def cancel(self, order_id: str) -> None:
+        if self.defer > 0:
+            self.defer -= 1
+            self.deferred.append(order_id)
+            return
+        super().cancel(order_id)
+
+
+def test_a_reanchor_refused_while_cancels_are_pending_is_retried_not_dropped(sim, store) -> None:
+    broker = _LateCancels(sim.api_key, sim.secret_key, url=sim.url)
+    ex = Executor(store, broker)
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    broker.defer = 10  # every cancel of this pass is still pending at the broker
+    _protect(store, "AAA", 1, 10, 9.5, 10.5)
+    ex.drain()
+    assert _pending(store) == 1  # not acked as rejected: the position must get its exits
+    for oid in broker.deferred:  # the cancels complete a moment later (a leg's partner goes with it: 422)
+        try:
+            AlpacaBroker.cancel(broker, oid)
+        except BrokerError as e:
+            assert e.status == 422
+    ex.drain()
+    ex.close()
+    held, working = _book(sim, "AAA")
+    assert held == 10 and working and _pending(store) == 0

@@ -141,7 +141,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         finally:
             if worker is not None:
                 stopping["now"] = True
-                worker.join(10)
+                worker.join()  # its batch in flight ends before the kill switch cancels and flattens
     if store.killed():
         from live.runner import kill_switch
 
@@ -159,10 +159,21 @@ def executor_thread(a: argparse.Namespace, store: Any, stop: Any) -> Any:
 
     from live.executor import Executor
     from live.state import RedisState
+    from tierlab.log import get_logger
 
+    log = get_logger("live.executor")
     own = RedisState(type(store.r).from_url(a.redis, socket_timeout=5, socket_connect_timeout=2), store.keys)
-    ex = Executor(own, _broker(a), auto=auto_mode(), clock="bar" if a.sim_url else "wall")
-    t = threading.Thread(target=ex.run, args=(stop,), name="executor", daemon=True)
+    ex = Executor(own, _broker(a), consumer="executor-run", auto=auto_mode(), clock="bar" if a.sim_url else "wall",
+                  tick_round=not getattr(a, "exact_prices", False))
+
+    def work() -> None:
+        try:
+            ex.run(stop)
+        except Exception as e:  # the runner goes on deciding; without an executor nothing is placed: say so
+            log.error("executor_thread_died", reason=f"{type(e).__name__}: {e}", action="no orders are placed")
+            raise
+
+    t = threading.Thread(target=work, name="executor", daemon=True)
     t.start()
     return t
 
