@@ -314,16 +314,22 @@ class Executor:
             placed = self._placed_before(cid, sym)
             if placed is not None:
                 return placed
+        canceled_buy = False
         try:
             release = None
             if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
                 if self._cancel_known(sym, ("oco",), it.intent):
                     release = lambda: self._cancel_listed(sym, it.intent)  # noqa: E731 (if shares stay promised)
                 else:
-                    self._cancel_listed(sym, it.intent)
+                    canceled_buy = self._cancel_listed(sym, it.intent)
             order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
         except Exception as e:
             self._groups.pop(sym, None)
+            if canceled_buy and isinstance(e, BrokerError) and getattr(e, "held", None) == 0:
+                log.warning("exit_waiting", ticker=sym, client_order_id=cid, rule="no_oversell",
+                            reason="nothing held yet, but the entry it canceled may still fill (cancel pending)",
+                            action="checked again next pass")
+                return False
             if maybe_placed(e):
                 return self._lookup(cid, sym, e)
             return self._reject(cid, sym, e, "order_rejected")
@@ -410,15 +416,19 @@ class Executor:
         log.info("order_canceled", ticker=symbol, order_id=known[1], group=known[0], reason=reason)
         return True
 
-    def _cancel_listed(self, symbol: str, reason: str = "kernel_exit") -> None:
-        """Cancel every open order of the symbol the broker lists (bracket legs, OCOs, entries still working)."""
+    def _cancel_listed(self, symbol: str, reason: str = "kernel_exit") -> bool:
+        """Cancel every open order of the symbol the broker lists (bracket legs, OCOs, entries still working);
+        True when one was a buy (an entry that may still fill while its cancel is pending at the broker)."""
+        buy = False
         for o in self._open_orders(symbol):
             try:
                 self.broker.cancel(str(o.id))
+                buy = buy or str(getattr(o.side, "value", o.side)) == "buy"
                 log.info("order_canceled", ticker=symbol, client_order_id=o.client_order_id, reason=reason)
             except BrokerError as e:
                 if e.status not in (404, 422):  # already filled/canceled meanwhile (an OCO partner goes with it)
                     raise
+        return buy
 
     def _protect(self, f: dict[str, str]) -> bool:
         """Re-anchor a filled entry's exits at the kernel's fill-based stop and take-profit.

@@ -426,3 +426,20 @@ def test_a_reanchor_refused_while_cancels_are_pending_is_retried_not_dropped(sim
     ex.close()
     held, working = _book(sim, "AAA")
     assert held == 10 and working and _pending(store) == 0
+
+
+def test_an_exit_that_canceled_a_working_entry_waits_a_pass_before_calling_nothing_held_final(sim, store) -> None:
+    """On Alpaca a canceled entry may still fill while its cancel is pending: an exit that just canceled one
+    and finds nothing held is checked again on the next pass, then recorded as refused (nothing sent)."""
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url))
+    entry = _intent("AAA", "buy", 3, 0, "entry")
+    exit_ = _intent("AAA", "sell", 3, 0, "signal")
+    _publish(store, entry)
+    ex.drain()  # the entry works (a market order fills at the next bar's open)
+    _publish(store, exit_)
+    ex.drain()
+    assert _pending(store) == 1 and exit_.client_order_id not in _sent(store)
+    ex.drain()
+    ex.close()
+    assert _pending(store) == 0 and _sent(store)[exit_.client_order_id] == "rejected"
+    assert exit_.client_order_id not in _at_broker(sim)  # nothing was ever sold
