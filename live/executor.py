@@ -198,8 +198,9 @@ class Executor:
                 held.waiting += 1
                 continue
             # a buy waits for every earlier order of the batch (the kernel decided it after those exits:
-            # their cash, a conflict pair's exit); sells of different symbols go side by side
-            deps = [t[3] for t in tasks] if buy else [d for d in (last_of.get(sym),) if d is not None]
+            # their cash, a conflict pair's exit), not for other symbols' re-anchors; sells go side by side
+            deps = ([t[3] for t in tasks if t[1].get("kind") == "order" or t[2] == sym] if buy
+                    else [d for d in (last_of.get(sym),) if d is not None])
             if pooled:
                 fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
             else:
