@@ -75,10 +75,6 @@ class _Held:
         self.waiting = 0
 
 
-def round_tick(price: float) -> float:
-    """A valid price tick: cents from $1, hundredths of a cent below (Alpaca refuses sub-penny prices)."""
-    return round(price, 2) if price >= 1.0 else round(price, 4)
-
 
 class Executor:
     """Consume order signals and place them through a `live.broker.AlpacaBroker`-like broker."""
@@ -451,8 +447,10 @@ class Executor:
             placed = self._placed_before(cid, sym)
             if placed is not None:
                 return placed
-        if self.tick_round:
-            stop, tp = round_tick(stop), round_tick(tp)
+        if self.tick_round:  # valid ticks away from the market, as the adapter rounds a bracket's levels: the
+            from live.broker import round_price  # broker's exits never trigger before the kernel's
+
+            stop, tp = round_price(stop, "down"), round_price(tp, "up")
         req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
                                 limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
                                 take_profit=TakeProfitRequest(limit_price=tp), stop_loss=StopLossRequest(stop_price=stop))

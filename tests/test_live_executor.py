@@ -443,3 +443,24 @@ def test_an_exit_that_canceled_a_working_entry_waits_a_pass_before_calling_nothi
     ex.close()
     assert _pending(store) == 0 and _sent(store)[exit_.client_order_id] == "rejected"
     assert exit_.client_order_id not in _at_broker(sim)  # nothing was ever sold
+
+
+def test_a_reanchor_rounds_its_levels_away_from_the_market(sim, store) -> None:
+    """The OCO's stop goes on the tick below the kernel's level and its take-profit on the tick above, so
+    the broker's exits never trigger before the kernel's (nearest-tick rounding could, by half a cent)."""
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url))
+    _publish(store, _intent("AAA", "buy", 10, 0, "entry", stop_loss=9.0, take_profit=11.0))
+    ex.drain()
+    sim.step(1)
+    _protect(store, "AAA", 1, 10, 9.5071, 10.5029)  # nearest would be 9.51 and 10.50
+    ex.drain()
+    ex.close()
+
+    def oco() -> tuple[float, float]:
+        o = next(o for o in sim.engine.orders.values() if o.symbol == "AAA" and o.is_open and "protect" in
+                 o.client_order_id and o.legs)
+        stop = next(x for x in (o, *o.legs) if x.stop_price is not None)
+        limit = next(x for x in (o, *o.legs) if x.limit_price is not None)
+        return float(stop.stop_price), float(limit.limit_price)
+
+    assert sim.call(oco) == (9.50, 10.51)
