@@ -143,7 +143,7 @@ def test_executor_killed_at_random_signals_ends_with_the_same_orders(redis_url: 
     start = int(panel.index[0].value // 1_000_000_000)
     run = _proc("run", sim.url, redis_url, root, tmp_path / "runner.log")
     try:
-        n_kills = 0
+        n_kills = mid_work = 0
         rng = random.Random(11)
         while run.poll() is None and n_kills < 10:
             ex = _proc("executor", sim.url, redis_url, root, tmp_path / "executor.log")
@@ -159,11 +159,13 @@ def test_executor_killed_at_random_signals_ends_with_the_same_orders(redis_url: 
             ex.send_signal(signal.SIGKILL)
             ex.wait(10)
             n_kills += 1
+            mid_work += r.xpending(f"{root}sim:tiered_basket:default:signals.raw", "executor")["pending"] > 0
         ex = _proc("executor", sim.url, redis_url, root, tmp_path / "executor.log")
         assert run.wait(300) == 0, (tmp_path / "runner.log").read_text()[-3000:]
         ex.terminate()
         ex.wait(10)
         assert n_kills >= 10
+        assert mid_work >= 1, "no kill landed while signals were read but not acknowledged"
         _finish(sim, bt_orders, tmp_path)
     finally:
         if run.poll() is None:
