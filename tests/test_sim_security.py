@@ -214,3 +214,27 @@ def test_streams_answer_garbage_and_strange_keys_without_crashing(sim: SimServer
 
     asyncio.run(run())
     assert requests.get(f"{sim.url}/v2/clock", headers=_keys(sim), timeout=10).status_code == 200  # still serving
+
+
+FORBIDDEN = 40310000  # Alpaca's 403 code
+
+
+@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"Host": "evil.example:80"},
+                                     {"Origin": "http://evil.example"}, {"Origin": "null"}])
+def test_a_web_page_cannot_reach_the_sim_through_a_browser(sim: SimServer, headers: dict) -> None:
+    """DNS rebinding (a page's own name resolving to 127.0.0.1) or a cross-site page: the published default
+    keys must not let it place orders or read the streams."""
+    n0 = len(sim.engine.orders)
+    for method, path, extra in (("POST", "/v2/orders", {}), ("GET", "/v2/account", {}), ("GET", "/stream", UPGRADE)):
+        r = requests.request(method, sim.url + path, data=json.dumps(ORDER) if method == "POST" else None,
+                             headers={**_keys(sim), **extra, **headers}, timeout=10)
+        assert r.status_code == 403, (method, path, r.status_code, r.text)
+        assert r.json()["code"] == FORBIDDEN
+    assert len(sim.engine.orders) == n0
+
+
+@pytest.mark.parametrize("headers", [{}, {"Host": "localhost"}, {"Host": "[::1]:1"},
+                                     {"Origin": "http://127.0.0.1:8888"}, {"Origin": "http://localhost"}])
+def test_the_machines_own_clients_are_served(sim: SimServer, headers: dict) -> None:
+    r = requests.get(sim.url + "/v2/account", headers={**_keys(sim), **headers}, timeout=10)
+    assert r.status_code == 200, r.text

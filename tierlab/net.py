@@ -18,3 +18,16 @@ def loopback_host(host: str, server: str) -> str:
     if not ok:
         raise ConfigError(f"{server} binds to loopback only (127.0.0.1 or ::1); refusing host {host!r}")
     return host
+
+
+def is_loopback_name(host: str | None) -> bool:
+    """True for a loopback address or localhost (a Host or Origin header's host part, brackets allowed)."""
+    if not host:
+        return False
+    h = host.strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
