@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from live.metrics import RunnerMetrics
 from tierlab.log import get_logger
-from tierlab.net import loopback_host
+from tierlab.net import foreign_reason, loopback_host
 
 log = get_logger(__name__)
 
@@ -63,6 +63,16 @@ def _json_safe(x: Any) -> Any:
 _dumps = functools.partial(json.dumps, default=str)
 
 
+
+@web.middleware
+async def _local_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The status has no keys: a web page (DNS rebinding, a cross-site fetch) must not read positions."""
+    why = foreign_reason(request.host, request.headers.get("Origin"))
+    if why is not None:
+        log.warning("foreign_request", path=request.path, reason=why)
+        return web.json_response({"error": f"forbidden: {why}"}, status=403)
+    return await handler(request)
+
 class StatusServer:
     """aiohttp server on loopback serving a runner's snapshot and metrics."""
 
@@ -87,7 +97,7 @@ class StatusServer:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes only; `start` serves it)."""
-        app = web.Application()
+        app = web.Application(middlewares=[_local_only])
         app.router.add_get("/health", self._health)
         app.router.add_get("/portfolio/summary", self._summary)
         app.router.add_get("/metrics", self._metrics)

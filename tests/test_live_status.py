@@ -145,3 +145,16 @@ def test_times_and_decimals_in_a_snapshot_are_json_text_not_a_500(served) -> Non
         assert status == 200 and body["info"] == {"session": "2024-11-01"}
     finally:
         srv.snapshot = orig
+
+
+@pytest.mark.parametrize("headers", [{"Host": "evil.example"}, {"Origin": "http://evil.example"}])
+def test_a_web_page_cannot_read_the_status(served, headers: dict) -> None:
+    """No keys guard the status: a page whose name rebinds to 127.0.0.1, or a cross-site fetch, gets a 403."""
+    import requests
+
+    _, _, srv = served
+    for path in ("/health", "/portfolio/summary", "/metrics"):
+        r = requests.get(srv.url + path, headers=headers, timeout=10)
+        assert r.status_code == 403 and "forbidden" in r.json()["error"], (path, r.status_code, r.text)
+    assert requests.get(srv.url + "/portfolio/summary", headers={"Origin": "http://localhost:3000"},
+                        timeout=10).status_code == 200

@@ -31,3 +31,17 @@ def is_loopback_name(host: str | None) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def foreign_reason(host: str, origin: str | None) -> str | None:
+    """Why a request to a loopback server cannot come from this machine's own clients, None when it can:
+    a Host that is not a loopback name (DNS rebinding: a web page's name resolved to 127.0.0.1) or a
+    browser's Origin from any other site. `host` is the Host header (port and IPv6 brackets allowed)."""
+    from urllib.parse import urlsplit
+
+    name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+    if not is_loopback_name(name):
+        return f"host {host!r} is not a loopback name"
+    if origin is not None and not is_loopback_name(urlsplit(origin).hostname):
+        return f"origin {origin!r} is not on this machine"
+    return None

@@ -29,6 +29,7 @@ from live.sim import wire
 from live.sim.engine import SimEngine, SimReject
 from live.sim.ratelimit import RateLimiter
 from tierlab.log import get_logger
+from tierlab.net import foreign_reason
 
 log = get_logger(__name__)
 
@@ -184,27 +185,11 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _foreign(request: web.Request) -> str | None:
-    """Why a request cannot come from this machine's own clients: a Host that is not a loopback name (DNS
-    rebinding: a web page's name resolved to 127.0.0.1) or a browser's Origin from any other site."""
-    from urllib.parse import urlsplit
-
-    from tierlab.net import is_loopback_name
-
-    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-    if not is_loopback_name(host):
-        return f"host {request.host!r} is not a loopback name"
-    origin = request.headers.get("Origin")
-    if origin is not None and not is_loopback_name(urlsplit(origin).hostname):
-        return f"origin {origin!r} is not on this machine"
-    return None
-
-
 @web.middleware
 async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamResponse:
     hub: Hub = request.app[HUB]
     path = request.path
-    why = _foreign(request)
+    why = foreign_reason(request.host, request.headers.get("Origin"))
     if why is not None:  # checked before anything else, websocket upgrades included
         log.warning("foreign_request", path=path, method=request.method, reason=why)
         return _json(wire.error_body(wire.CODE_FORBIDDEN, f"forbidden: {why}"), 403)
