@@ -156,3 +156,17 @@ def test_a_buy_that_opens_a_long_is_refused_while_a_short_sale_is_open() -> None
     e.step()  # the bar's high (10.5) trades through both levels
     assert short.status == "filled" and e.holdings["AAA"].qty == -1  # short, never flipped long in one bar
     assert _order(e, qty=1).status == "new"  # covering the short is a closing buy, allowed
+
+
+@pytest.mark.parametrize("body", [{}, {"limit_price": 90.0}, {"limit_price": 90.0, "qty": 100, "time_in_force": "gtc"}])
+def test_a_replace_that_changes_nothing_is_alpacas_403_and_keeps_the_order(body: dict) -> None:
+    """Catches: a PATCH without changes creating a no-op replacement (Alpaca: 403 "order parameters are not
+    changed"; the order stays as it is)."""
+    e = SimEngine(_panel([99.0] * 3, [98.5] * 3, [1e6] * 3), SimConfig(initial_cash=100_000.0))
+    buy = _order(e, type="limit", limit_price=90.0, qty=100, time_in_force="gtc")
+    n = len(e.orders)
+    with pytest.raises(SimReject) as ei:
+        e.replace(buy.id, body)
+    assert (ei.value.status, ei.value.body["message"]) == (403, "order parameters are not changed")
+    assert (len(e.orders), buy.status) == (n, "new")
+    assert e.replace(buy.id, {**body, "limit_price": 91.0}).limit_price == 91.0  # a real change still goes

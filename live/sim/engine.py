@@ -812,6 +812,10 @@ class SimEngine:
                 raise SimReject(422, wire.CODE_UNPROCESSABLE, f"{name} must be > 0")
             if v is not None and name != "trail":
                 self._check_tick(v, name)
+        trail_now = o.trail_price if o.trail_price is not None else o.trail_percent
+        if (qty == o.qty and tif == o.tif and (limit is None or limit == o.limit_price)
+                and (stop is None or stop == o.stop_price) and (trail is None or trail == trail_now)):
+            raise SimReject(403, wire.CODE_FORBIDDEN, "order parameters are not changed")  # Alpaca's answer
         limit = o.limit_price if limit is None else limit
         stop = o.stop_price if stop is None else stop
         new = self._new_order(cid, o.symbol, o.side, qty, o.type, tif, o.order_class, limit, stop, parent=o.parent)
