@@ -22,7 +22,6 @@ Errors are tierlab.errors.BrokerError with `status` and `retryable`; keys never 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import os
 import random
@@ -59,6 +58,7 @@ from live.credentials import sim_keys
 from strategies.intents import OrderIntent
 from tierlab.errors import BrokerError, ConfigError
 from tierlab.log import get_logger
+from tierlab.net import is_loopback_name
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -869,15 +869,7 @@ def _parse_time(s: str) -> datetime:
 
 def _is_loopback_url(url: str | None) -> bool:
     """True for a URL whose host is a loopback address or localhost (a sim on this machine)."""
-    if not url:
-        return False
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return bool(url) and is_loopback_name(urlsplit(url).hostname)
 
 
 def _never_sent(e: requests.RequestException) -> bool:
