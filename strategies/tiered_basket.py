@@ -75,6 +75,12 @@ def ny_minute_of_day(epoch: np.ndarray) -> np.ndarray:
     return (t.hour * 60 + t.minute).to_numpy().astype(np.int64)
 
 
+def _stocks_only(scores: np.ndarray, events: np.ndarray, n_stocks: int) -> None:
+    """ETFs (the columns after the stocks) are traded by baskets only: never scored, never an event."""
+    scores[..., n_stocks:] = np.nan
+    events[..., n_stocks:] = False
+
+
 def param_matrix(params_list: Sequence[Params]) -> np.ndarray:
     """The (K, P) float matrix of scalar parameters the kernel reads (kernel.P_NAMES order)."""
     rows = []
@@ -154,13 +160,12 @@ class TieredBasketStrategy(Strategy):
             raise ConfigError(f"{type(self).__name__}.score: {pn.symbols[j]} at {pn.index[t]} scored "
                               f"{float(scores[t, j])!r}, outside [-1, 1]")
         scores[~pn.has_bar] = np.nan  # no bar, no fresh score (SPEC §0)
-        scores[:, len(p.stocks):] = np.nan  # ETFs are traded by baskets only, never scored
         ev = volume_spikes_nb(pn.close, pn.volume, day, p.vol_window, p.spike_mult)
         if events is not None and len(events):
             from data.events import events_mask
 
             ev |= events_mask(events, pn.index, pn.symbols)
-        ev[:, len(p.stocks):] = False
+        _stocks_only(scores, ev, len(p.stocks))
         return BarInputs(pn.index, pn.symbols, pn.open, pn.high, pn.low, pn.close, scores, ev,
                          np.asarray(info.close_epoch, dtype=np.int64), day,
                          np.asarray(info.minutes_to_close, dtype=np.int64))
@@ -192,11 +197,9 @@ class TieredBasketStrategy(Strategy):
         p = self.params
         scores, ev = score_row_nb(high, low, close, volume, int(t), p.mom_window, p.vol_window, p.vwap_window,
                                   p.w_mom, p.w_vwap, p.score_gain, p.vol_window, p.spike_mult)
-        n_stocks = len(p.stocks)
-        scores[n_stocks:] = np.nan  # ETFs are traded by baskets only, never scored
         if filings is not None:
             ev |= filings
-        ev[n_stocks:] = False
+        _stocks_only(scores, ev, len(p.stocks))
         return scores, ev
 
     def score_lookback(self, params: Params | None = None) -> int:
