@@ -258,13 +258,14 @@ class Runner:
         t = b.times[r]
         epoch = int(b.open_epoch[r])
         score, ev = self._inputs(r)
-        before = _copy_state(self.state)
         if "llm" not in self.__dict__:  # the LLM gate: off unless OPENAI_BASE_URL and TIERLAB_LLM_MODEL are set
             from live.llm import live_llm_from_env
 
             self.llm = live_llm_from_env(self.params, self.store.r, self.store.keys.prefix, log=log.info)
         llm_calls = 0
         llm_due = self.llm is not None and bool((ev & np.isfinite(score)).any())
+        # the state before the step, for the re-runs of the LLM gate's dry run and of a refused token take
+        before = _copy_state(self.state) if llm_due or self.budget is not None else self.state
         if (llm_due or self.budget is not None) and not self._settled(r, status):
             return  # the gate's and the bucket's Redis calls wait until the bar before is stored
         if llm_due:
