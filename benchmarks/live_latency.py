@@ -271,15 +271,15 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
         runner = Runner(TieredBasketStrategy(p), store, history, events=events)
         worker = ExecutorHost(a.executor, store, a.redis, sim.url, sim.api_key, sim.secret_key)
         feed = SimStepFeed(sim.url, sim.api_key, sim.secret_key)
-        commits: list[float] = []
-        commit = store.commit
+        commits: list[float] = []  # when Redis answered each commit (it has stored the bar and its signals)
+        read_commit = store.read_commit
 
-        def timed_commit(*args: Any, **kw: Any) -> bool:
-            ok = commit(*args, **kw)
+        def timed_read_commit() -> bool:
+            ok = read_commit()
             commits.append(time.perf_counter())
             return ok
 
-        store.commit = timed_commit  # type: ignore[method-assign]
+        store.read_commit = timed_read_commit  # type: ignore[method-assign]
         arrival: dict[str, tuple[float, float]] = {}  # client_order_id -> (bars arrived, signals committed)
         kinds: dict[str, str] = {}
         minutes: list[tuple[float, list[str]]] = []

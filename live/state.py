@@ -125,12 +125,6 @@ class RedisState:
         blob, bar = pipe.execute()
         return blob, int(bar) if bar is not None else -1
 
-    def commit(self, bar_epoch: int, state_blob: bytes, record: dict[str, Any],
-               signals: Sequence[dict[str, Any]], summary: dict[str, Any] | None) -> bool:
-        """Write state, bar, decision record, signals and status at once; False when the bar was already decided."""
-        return bool(self._commit(keys=self._commit_keys(), args=commit_args(bar_epoch, state_blob, record, signals,
-                                                                             summary)))
-
     def _commit_keys(self) -> list[str]:
         k = self.keys
         return [k.state, k.bar, k.decisions, k.signals, k.status]
