@@ -218,20 +218,17 @@ def test_redis_stopped_during_a_catch_up_with_shared_tokens_is_waited_out(
     uninterrupted catch-up leaves (every bar stored once, the same signals and state)."""
     import threading
 
-    from test_live_fast_path import _bars, _runner, _session, _stored
+    from test_live_fast_path import _runner, _session, _stored
 
     from live.tokens import RedisTokenBucket
 
     url, workdir, port = private_redis
     sess, events, p = _session("2024-11-13", "relaxed")
-    day = sess.index[0].tz_convert("America/New_York").date()
     runs = {}
     for account in ("calm", "outage"):
-        rn = _runner(url, f"tierlab-test:{uuid.uuid4().hex[:8]}:", account, p, events)
+        rn = _runner(url, f"tierlab-test:{uuid.uuid4().hex[:8]}:", account, p, events, sess, 120)
         rn.retry_s = 0.05
         rn.budget = RedisTokenBucket(rn.store.r, rn.store.keys.tokens, p.tokens_a, p.tokens_b, p.tokens_reserve)
-        rn.open_session(day)
-        rn.add(_bars(sess, 0, 120))
         runs[account] = rn
     runs["calm"].decide_through(sess.index[119])
     rn = runs["outage"]

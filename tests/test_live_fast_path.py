@@ -118,10 +118,16 @@ def _bars(panel: Panel, lo: int, hi: int) -> list[Bar]:
             for r in range(lo, hi) for j, sym in enumerate(panel.symbols) if not np.isnan(panel.close[r, j])]
 
 
-def _runner(url: str, prefix: str, account: str, p: Params, events: pd.DataFrame) -> Runner:
-    return Runner(TieredBasketStrategy(p), RedisState(redis.Redis.from_url(url),
-                                                      Keys.of(account, "tiered_basket", p.mode, root=prefix)),
-                  events=events)
+def _runner(url: str, prefix: str, account: str, p: Params, events: pd.DataFrame, sess: Panel | None = None,
+            bars: int = 0) -> Runner:
+    """A runner on its own namespace; with `sess`, that session opened and its first `bars` minutes filed."""
+    rn = Runner(TieredBasketStrategy(p), RedisState(redis.Redis.from_url(url),
+                                                    Keys.of(account, "tiered_basket", p.mode, root=prefix)),
+                events=events)
+    if sess is not None:
+        rn.open_session(sess.index[0].tz_convert(NEW_YORK).date())
+        rn.add(_bars(sess, 0, bars))
+    return rn
 
 
 def _session(day: str, mode: str) -> tuple[Panel, pd.DataFrame, Params]:
@@ -142,15 +148,11 @@ def _stored(runner: Runner) -> tuple[list, list, bytes]:
 
 def test_a_catch_up_stores_what_deciding_minute_by_minute_stores(redis_url: str, redis_prefix: str) -> None:
     sess, events, p = _session("2024-11-13", "relaxed")
-    day = sess.index[0].tz_convert(NEW_YORK).date()
-    stepwise = _runner(redis_url, redis_prefix, "stepwise", p, events)
-    stepwise.open_session(day)
+    stepwise = _runner(redis_url, redis_prefix, "stepwise", p, events, sess)
     for r in range(200):
         stepwise.add(_bars(sess, r, r + 1))
         stepwise.decide_through(sess.index[r])
-    catchup = _runner(redis_url, redis_prefix, "catchup", p, events)
-    catchup.open_session(day)
-    catchup.add(_bars(sess, 0, 200))
+    catchup = _runner(redis_url, redis_prefix, "catchup", p, events, sess, 200)
     minutes = catchup.decide_through(sess.index[199])
     assert len(minutes) == 200
     a, b = _stored(stepwise), _stored(catchup)
@@ -168,20 +170,13 @@ def test_a_second_life_catching_up_over_decided_minutes_keeps_the_stored_decisio
     """A runner that starts without resuming (a second life) and catches up over minutes an earlier life
     decided: each is refused by Redis, the stored state is adopted, and only the new minutes are added."""
     sess, events, p = _session("2024-11-05", "default")
-    day = sess.index[0].tz_convert(NEW_YORK).date()
-    first = _runner(redis_url, redis_prefix, "acct", p, events)
-    first.open_session(day)
-    first.add(_bars(sess, 0, 150))
+    first = _runner(redis_url, redis_prefix, "acct", p, events, sess, 150)
     first.decide_through(sess.index[99])
-    second = _runner(redis_url, redis_prefix, "acct", p, events)  # same keys, fresh state, no resume()
-    second.open_session(day)
-    second.add(_bars(sess, 0, 150))
+    second = _runner(redis_url, redis_prefix, "acct", p, events, sess, 150)  # same keys, fresh state, no resume()
     seen = []
     second.on_minute = seen.append
     minutes = second.decide_through(sess.index[149])
-    alone = _runner(redis_url, redis_prefix, "alone", p, events)
-    alone.open_session(day)
-    alone.add(_bars(sess, 0, 150))
+    alone = _runner(redis_url, redis_prefix, "alone", p, events, sess, 150)
     alone.decide_through(sess.index[149])
     got, want = _stored(second), _stored(alone)
     assert [r["t"] for r in got[0]] == [int(t.value // 1_000_000_000) for t in sess.index[:150]]  # once each
@@ -194,15 +189,10 @@ def test_a_zombie_that_decided_the_bar_just_before_hands_over_its_state(redis_ur
     adopted the broker's cash). Redis refuses this runner's bar r-1; it loads that state and decides bar r
     and on from it, instead of sending bar r stepped from its own state."""
     sess, events, p = _session("2024-11-05", "default")
-    day = sess.index[0].tz_convert(NEW_YORK).date()
-    me = _runner(redis_url, redis_prefix, "acct", p, events)
-    me.open_session(day)
-    me.add(_bars(sess, 0, 120))
+    me = _runner(redis_url, redis_prefix, "acct", p, events, sess, 120)
     me.decide_through(sess.index[97])
-    zombie = _runner(redis_url, redis_prefix, "acct", p, events)
-    zombie.resume()
-    zombie.open_session(day)
-    zombie.add(_bars(sess, 0, 120))
+    zombie = _runner(redis_url, redis_prefix, "acct", p, events, sess, 120)
+    zombie.resume()  # the state this life stored up to bar 97
     zombie.adopt({}, 50_000.0)  # its broker said so
     zombie.decide_through(sess.index[98])
     minutes = me.decide_through(sess.index[119])
