@@ -107,7 +107,8 @@ class Runner:
         self.n = len(self.symbols)
         self.persist_failures = 0  # commits retried while Redis was unreachable
         self.redis_waits = 0  # token-bucket / LLM-gate calls retried while Redis was unreachable
-        self._inflight: list[Any] | None = None  # [bar epoch, commit args, still to send, Minute]: not answered yet
+        # [bar epoch, commit args, still to send, Minute, status summary or None]: not answered yet
+        self._inflight: list[Any] | None = None
         self._stored: list[Minute] = []  # minutes Redis stored during this decide / decide_through
         self.history_minutes: list[Minute] = []
 
@@ -290,12 +291,15 @@ class Runner:
                   "dscores": st.dscore.tolist(), "tok": st.tok.tolist(), "events": st.events.tolist(),
                   "fills": fills, "equity": float(K.equity_nb(self.state)), "cash": float(self.state.f[K.F_CASH]),
                   "stats": stats.tolist(), "llm_calls": llm_calls}
-        summary = self.summary(t, dec, score) if status else None
-        args = commit_args(epoch, state_to_bytes(self.state), record, signals, summary)
+        args = commit_args(epoch, state_to_bytes(self.state), record, signals)
         if not self._settled(r, status):
             return
-        self._inflight = [epoch, args, True, Minute(t, dec, score, fills, signals, time.perf_counter() - t0)]
+        self._inflight = [epoch, args, True, Minute(t, dec, score, fills, signals, time.perf_counter() - t0), None]
         self._send()
+        if status:  # the view, computed while Redis stores the bar, and kept only if it does
+            self._inflight[4] = self.summary(t, dec, score)
+            if not self._inflight[2]:
+                self._send_status(self._inflight[4])
 
     def _settled(self, r: int, status: bool) -> bool:
         """Settle the commit in flight; False when Redis refused it (an earlier life had decided that bar):
@@ -392,6 +396,15 @@ class Runner:
             log.warning("commit_send_failed", bar=_iso(self._inflight[0]), reason=type(e).__name__,
                         action="sent again before the next bar")
 
+    def _send_status(self, summary: dict[str, Any]) -> None:
+        """The status summary behind the commit just sent (a failed write sends both again in `settle`)."""
+        try:
+            self.store.send_status(summary)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            self._inflight[2] = True  # type: ignore[index]
+            log.warning("commit_send_failed", bar=_iso(self._inflight[0]), reason=type(e).__name__,  # type: ignore[index]
+                        action="sent again before the next bar")
+
     def settle(self) -> bool:
         """Wait until Redis has answered the commit in flight; while Redis is unreachable keep sending it
         again (nothing is published meanwhile, so no order goes out). False when the bar had been decided
@@ -399,13 +412,15 @@ class Runner:
         """
         if self._inflight is None:
             return True
-        bar_epoch, args, need_send, minute = self._inflight
+        bar_epoch, args, need_send, minute, summary = self._inflight
         waited = 0
         while True:
             try:
                 if need_send:
                     self.store.unanswered()
                     self.store.send_commit(args)
+                    if summary is not None:
+                        self.store.send_status(summary)
                 ok = self.store.read_commit()
                 break
             except (redis.ConnectionError, redis.TimeoutError) as e:

@@ -1,17 +1,19 @@
 """Rule state in Redis: the kernel state after every bar, written atomically with that bar's signals.
 
 Keys live under `<root><account>:<strategy>:<mode>:` so runners on other accounts, strategies or
-modes never collide: `state` (the exact npz bytes of the kernel state), `bar` (epoch seconds of
+modes never collide: `state` (the exact bytes of the kernel state), `bar` (epoch seconds of
 the last decided bar start), `decisions` (one stream entry per bar: codes, scores, kernel fills),
 `signals.raw` (one entry per decision, SPEC §9) and `status` (a hash for `python -m live status`).
 One Lua script checks that the bar is newer than the last decided one and writes all of them, so a
 crash can never leave a state without its signals, and a bar already decided is never decided again.
+The status summary follows on the same connection, kept only if its bar was stored.
 The kill switch is per account: `<root><account>:kill`.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,22 +35,25 @@ local sigs = cjson.decode(ARGV[4])
 for i = 1, #sigs do
   redis.call('XADD', KEYS[4], '*', unpack(sigs[i]))
 end
-if ARGV[5] == '' then
-  redis.call('HSET', KEYS[5], 'bar', ARGV[1])
-else
-  redis.call('HSET', KEYS[5], 'bar', ARGV[1], 'summary', ARGV[5])
-end
+redis.call('HSET', KEYS[5], 'bar', ARGV[1], 'writer', ARGV[5])
+return 1
+"""
+
+# the status summary of a bar, written only if this writer's commit of that bar was stored (the view of a
+# bar refused because another life stored it never shows)
+_STATUS = """
+local h = redis.call('HMGET', KEYS[1], 'bar', 'writer')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'summary', ARGV[3])
 return 1
 """
 
 
-def commit_args(bar_epoch: int, state_blob: bytes, record: dict[str, Any], signals: Sequence[dict[str, Any]],
-                summary: dict[str, Any] | None) -> list[Any]:
-    """The commit script's arguments: bar, state bytes, the bar's record, its signals (field/value lists) and
-    the status summary (None keeps the stored one: a catch-up writes only its newest bar's)."""
+def commit_args(bar_epoch: int, state_blob: bytes, record: dict[str, Any],
+                signals: Sequence[dict[str, Any]]) -> list[Any]:
+    """The commit script's arguments: bar, state bytes, the bar's record and its signals (field/value lists)."""
     flat = [[x for k, v in s.items() for x in (k, "" if v is None else str(v))] for s in signals]
-    return [bar_epoch, state_blob, json.dumps(record, separators=(",", ":")), json.dumps(flat, separators=(",", ":")),
-            "" if summary is None else json.dumps(summary, default=str)]
+    return [bar_epoch, state_blob, json.dumps(record, separators=(",", ":")), json.dumps(flat, separators=(",", ":"))]
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,10 @@ class RedisState:
         self._commit = client.register_script(_COMMIT)
         self._conn: Any = None  # the connection `send_commit` pipelines on (made on first use)
         self._sent: list[Sequence[Any]] = []
+        self._statuses = 0  # status writes sent behind the commit, not answered yet
+        k = keys
+        self._commit_keys = (k.state, k.bar, k.decisions, k.signals, k.status)
+        self.writer = uuid.uuid4().hex  # names this life's commits in the status hash (see _STATUS)
 
     def load(self) -> tuple[bytes | None, int]:
         """(state bytes or None, last decided bar start in epoch seconds or -1)."""
@@ -124,10 +133,6 @@ class RedisState:
         pipe.get(self.keys.bar)
         blob, bar = pipe.execute()
         return blob, int(bar) if bar is not None else -1
-
-    def _commit_keys(self) -> list[str]:
-        k = self.keys
-        return [k.state, k.bar, k.decisions, k.signals, k.status]
 
     def send_commit(self, args: Sequence[Any]) -> None:
         """Send one commit (`commit_args`) on a connection of its own without waiting for the answer.
@@ -139,34 +144,57 @@ class RedisState:
             raise RuntimeError("send_commit: the previous commit is not answered yet (read_commit first)")
         if self._conn is None:
             self._conn = self.r.connection_pool.make_connection()
-        keys = self._commit_keys()
+        self._write("EVALSHA", self._commit.sha, len(self._commit_keys), *self._commit_keys, *args, self.writer)
+        self._sent.append(args)
+
+    def send_status(self, summary: dict[str, Any]) -> None:
+        """Write the status summary of the commit in flight right behind it, without waiting: a view, not
+        the record, computed while Redis runs the commit (off the path from bar to signals), and kept
+        only if that commit was stored (EVAL: a lost script cache cannot refuse it)."""
+        if not self._sent:
+            raise RuntimeError("send_status: no commit in flight")
+        self._write("EVAL", _STATUS, 1, self.keys.status, self._sent[0][0], self.writer,
+                    json.dumps(summary, default=str))
+        self._statuses += 1
+
+    def _write(self, *command: Any) -> None:
+        """One command in one write (redis-py writes a large argument apart: a system call each)."""
         try:
-            self._conn.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+            self._conn.send_packed_command([b"".join(self._conn.pack_command(*command))])
         except BaseException:
             self._conn.disconnect()
             raise
-        self._sent.append(args)
 
     def read_commit(self) -> bool:
-        """The answer of the commit in flight: False when its bar was already decided."""
+        """The answer of the commit in flight (and of the status behind it): False when its bar was already
+        decided."""
         assert self._conn is not None and self._sent
         try:
             try:
                 ok = self._conn.read_response()
             except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache: load, send again
+                self._read_statuses()  # their answers come before the new one
                 self.r.script_load(_COMMIT)
-                keys = self._commit_keys()
-                self._conn.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *self._sent[0])
+                self._write("EVALSHA", self._commit.sha, len(self._commit_keys), *self._commit_keys, *self._sent[0],
+                            self.writer)
                 ok = self._conn.read_response()
+            self._read_statuses()
         except (redis.ConnectionError, redis.TimeoutError):
             self._conn.disconnect()
+            self._statuses = 0  # lost with the connection: the next bar writes a newer one
             raise
         self._sent.pop(0)
         return bool(ok)
 
+    def _read_statuses(self) -> None:
+        while self._statuses:
+            self._statuses -= 1
+            self._conn.read_response()
+
     def unanswered(self) -> list[Sequence[Any]]:
         """Commits sent whose answers were lost with the connection (the caller sends them again); clears them."""
         out, self._sent = self._sent, []
+        self._statuses = 0
         return out
 
     def ensure_group(self) -> None:

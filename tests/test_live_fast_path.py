@@ -203,6 +203,26 @@ def test_a_zombie_that_decided_the_bar_just_before_hands_over_its_state(redis_ur
     assert [m.t for m in minutes] == list(sess.index[99:120])
 
 
+def test_a_refused_bar_leaves_the_status_of_the_life_that_stored_it(redis_url: str, redis_prefix: str) -> None:
+    """The status summary goes right behind its commit; when Redis refuses the commit (another life stored
+    that bar first), the summary of the refused decision must not replace the stored one's."""
+    import json
+
+    sess, events, p = _session("2024-11-05", "default")
+    me = _runner(redis_url, redis_prefix, "acct", p, events, sess, 100)
+    me.decide_through(sess.index[97])
+    zombie = _runner(redis_url, redis_prefix, "acct", p, events, sess, 100)
+    zombie.resume()
+    zombie.adopt({}, 50_000.0)
+    zombie.decide_through(sess.index[98])
+    assert me.decide_through(sess.index[98]) == []  # refused: the zombie stored bar 98
+    shown = json.loads(me.store.r.hget(me.store.keys.status, "summary"))
+    assert shown["time"] == sess.index[98].isoformat() and shown["equity"] > 40_000  # the zombie's view
+    me.decide_through(sess.index[99])
+    shown = json.loads(me.store.r.hget(me.store.keys.status, "summary"))
+    assert shown["time"] == sess.index[99].isoformat() and shown["equity"] > 40_000  # its next bar, from that state
+
+
 def test_delete_all_removes_the_llm_gate_keys_of_its_namespace_only(redis_url: str, redis_prefix: str) -> None:
     r = redis.Redis.from_url(redis_url)
     mine = RedisState(r, Keys.of("acct", "tiered_basket", "default", root=redis_prefix))

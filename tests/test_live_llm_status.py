@@ -191,3 +191,12 @@ def test_terminal_view_shows_the_llm_lines(llm: Any, store: Any, tmp_path: Path,
         assert line.rstrip() in shown
     assert "llm    calls 10  answers 9" in shown and "NVDA" in shown
     assert llm_text(summary["llm"]) in summary_text(summary)
+
+
+def test_live_status_before_the_first_summary_says_so(store: Any, redis_url: str, redis_prefix: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The summary follows its bar's commit: asked in between, `live status` says so instead of a traceback."""
+    store.r.hset(store.keys.status, mapping={"bar": "1730817000", "writer": "x"})
+    args = ["status", "--account", "acct", "--mode", "relaxed", "--redis", redis_url, "--root", redis_prefix]
+    assert live_main(args) == 1
+    assert "bar 1730817000 stored, no summary yet" in capsys.readouterr().out

@@ -214,6 +214,10 @@ def cmd_status(a: argparse.Namespace) -> int:
         return 1
     from live.llm import read_counters
 
+    if b"summary" not in h:  # a bar is stored but its summary not yet (it follows the commit)
+        print(f"account {a.account} mode {a.mode}: bar {h.get(b'bar', b'?').decode()} stored, no summary yet; "
+              "try again in a moment")
+        return 1
     summary = json.loads(h[b"summary"])
     summary["killed"] = store.killed()
     summary["llm"] = read_counters(store.r, store.keys.prefix)  # None: the gate is off
