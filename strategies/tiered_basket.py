@@ -8,6 +8,7 @@ runner does, and the tests hold the two drivers to identical decisions.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -502,9 +503,15 @@ _STATE_MAGIC = b"TLSTATE1"
 def state_to_bytes(state: K.State) -> bytes:
     """Serialize a state exactly (a JSON header of field names, dtypes and shapes, then the raw array
     bytes) so the live runner can save it after every bar; ~20x cheaper than npz."""
-    head = json.dumps([[f, a.dtype.str, a.shape] for f, a in zip(K.State._fields, state, strict=True)])
-    return b"".join([_STATE_MAGIC, len(head).to_bytes(4, "little"), head.encode(),
+    return b"".join([_state_header(tuple((a.dtype.str, a.shape) for a in state)),
                      *(np.ascontiguousarray(a).tobytes() for a in state)])
+
+
+@functools.lru_cache(maxsize=16)
+def _state_header(layout: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
+    """Magic, length and JSON header of a state layout (dtypes and shapes): the same for every bar of a run."""
+    head = json.dumps([[f, d, list(sh)] for f, (d, sh) in zip(K.State._fields, layout, strict=True)]).encode()
+    return _STATE_MAGIC + len(head).to_bytes(4, "little") + head
 
 
 def state_from_bytes(blob: bytes) -> K.State:
