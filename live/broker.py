@@ -261,7 +261,7 @@ class Broker(Protocol):
     """What the live runner needs from a broker (AlpacaBroker is the one implementation)."""
 
     def submit(self, intent: OrderIntent, *, base_price: float | None = None,
-               release: Callable[[], None] | None = None) -> Order:
+               release: Callable[[], None] | None = None, held_known: bool = False) -> Order:
         """Place an intent once (idempotent by its client_order_id) and return the broker's order."""
         ...
 
@@ -397,7 +397,8 @@ class AlpacaBroker:
     def __init__(self, api_key: str, secret_key: str, *, url: str | None = None, paper: bool = True,
                  max_attempts: int = 8, max_wait_s: float = 65.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 15.0, page_limit: int = 500,
-                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> None:
+                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time,
+                 cancel_is_final: bool | None = None) -> None:
         if not api_key or not secret_key:
             raise ConfigError("AlpacaBroker needs an API key and a secret key")
         if max_attempts < 1:
@@ -413,6 +414,9 @@ class AlpacaBroker:
         self.client._session = (_LoopbackSession(url, timeouts) if url and _is_loopback_url(url)  # type: ignore[assignment]
                                 else _TimeoutSession(timeouts))
         self.venue = url or ("alpaca-paper" if paper else "alpaca-live")
+        # True when the venue answers a cancel only once the order IS canceled (live.sim on loopback); Alpaca
+        # answers 204 while the order is pending_cancel and may still fill, so False there unless told
+        self.cancel_is_final = bool(url and _is_loopback_url(url)) if cancel_is_final is None else cancel_is_final
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.page_limit = page_limit
@@ -475,7 +479,7 @@ class AlpacaBroker:
 
     # -------------------------------------------------------------- orders
     def submit(self, intent: OrderIntent, *, base_price: float | None = None,
-               release: Callable[[], None] | None = None) -> Order:
+               release: Callable[[], None] | None = None, held_known: bool = False) -> Order:
         """Place the intent exactly once and return the broker's order.
 
         Prices go on valid ticks (`base_price`, the decision's last price, anchors a bracket); a sell
@@ -485,15 +489,39 @@ class AlpacaBroker:
         (timeout, 5xx, dropped connection) the order is looked up by client_order_id first and sent
         again only if the broker does not have it. OutcomeUnknown: even the lookup failed; retry the
         same intent later, never a new decision.
+
+        `held_known`, for a sell right after its caller canceled (answered, and `cancel_is_final`) a
+        sell group that held this symbol's shares: a long position is held, so the sell goes without
+        the share check (one round trip less). A sell can only open a short from flat, and a venue
+        refuses a sell beyond the long shares held and free (403 insufficient qty): on any 403 the
+        check runs as usual (release, cut or OversellRefused) and the same intent is sent again.
         """
         cid = intent.client_order_id
         ctx = {"ticker": intent.symbol, "client_order_id": cid}
         intent = valid_prices(intent, base_price)
-        if intent.side == "sell":
+        fast = held_known and intent.side == "sell"
+        if intent.side == "sell" and not fast:
             checked = self._guard_sell(intent, ctx, release)
             if isinstance(checked, Order):
                 return checked
             intent = checked
+        try:
+            return self._send(intent, cid, ctx, refusal_expected=fast)
+        except BrokerError as e:
+            if not (fast and e.status == 403):
+                raise
+            log.info("sell_fast_refused", qty=intent.qty, status=e.status, reason=str(e), rule="no_oversell",
+                     action="checking the held shares, then sending the same order", **ctx)
+        checked = self._guard_sell(intent, ctx, release)
+        if isinstance(checked, Order):
+            return checked
+        return self._send(checked, cid, ctx)
+
+    def _send(self, intent: OrderIntent, cid: str, ctx: dict[str, Any], *, refusal_expected: bool = False) -> Order:
+        """POST the order, retried on retryable errors; a lost answer is looked up before any resend.
+
+        `refusal_expected`: a 403 is raised without the order_failed warning (the caller falls back).
+        """
         req = _order_request(intent, cid)
         last: BrokerError | None = None
         maybe_sent = False
@@ -515,7 +543,8 @@ class AlpacaBroker:
                                     reason=str(e), attempt=attempt, **ctx)
                         return found
                 elif not e.retryable:
-                    log.warning("order_failed", status=e.status, reason=str(e), retryable=False, **ctx)
+                    if not (refusal_expected and e.status == 403):
+                        log.warning("order_failed", status=e.status, reason=str(e), retryable=False, **ctx)
                     raise
                 if attempt < self.max_attempts:
                     wait = self._backoff(e, attempt)

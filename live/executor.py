@@ -171,11 +171,11 @@ class Executor:
     def _place(self, orders: list[tuple[bytes, dict[str, str]]], acks: list[bytes], held: _Held) -> None:
         """Place a batch's orders: each symbol's in stream order, different symbols side by side.
 
-        An exit costs three round trips (cancel, share check, sell): a flatten of five positions
-        must not cost fifteen in a row. An entry waits for its symbol's earlier entries; a buy waits
-        for every earlier entry of the batch (buying power and the exits it was decided after go in
-        stream order); if one of those cannot be acknowledged it waits too. A symbol, or a buy while
-        anything is held back, does not go at all.
+        An exit costs two or three round trips (cancel, share check unless the cancel proved shares
+        are held, sell): a flatten of five positions must not cost ten or fifteen in a row. An entry
+        waits for its symbol's earlier entries; a buy waits for every earlier entry of the batch
+        (buying power and the exits it was decided after go in stream order); if one of those cannot
+        be acknowledged it waits too. A symbol, or a buy while anything is held back, does not go.
         """
         tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
         last_of: dict[str, Future] = {}
@@ -314,12 +314,19 @@ class Executor:
         canceled_buy = False
         try:
             release = None
+            held_known = False
             if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
                 if self._cancel_known(sym, ("oco",), it.intent):
                     release = lambda: self._cancel_listed(sym, it.intent)  # noqa: E731 (if shares stay promised)
+                    # the OCO was open and is canceled: it held shares, so a long position is held (a venue
+                    # whose cancel answers before it is final, Alpaca's pending_cancel, keeps the share check)
+                    held_known = bool(getattr(self.broker, "cancel_is_final", False))
                 else:
                     canceled_buy = self._cancel_listed(sym, it.intent)
-            order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
+            if held_known:
+                order = self.broker.submit(it, release=release, held_known=True)
+            else:
+                order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
         except Exception as e:
             self._groups.pop(sym, None)
             if canceled_buy and isinstance(e, BrokerError) and getattr(e, "held", None) == 0:
@@ -397,7 +404,8 @@ class Executor:
         the group's shares. False (the caller lists the symbol's open orders instead) when nothing is
         known (a restart, another executor), the kind does not fit (an entry may still be working),
         or the broker says the order is gone (404/422: filled, canceled or replaced meanwhile). The
-        broker stays the truth: the sell's share check and the OCO's own refusal catch the rest.
+        broker stays the truth: the sell's share check (or the venue's 403 to a sell beyond the
+        shares held, see AlpacaBroker.submit's `held_known`) and the OCO's own refusal catch the rest.
         """
         known = self._groups.pop(symbol, None)
         if known is None or known[0] not in kinds:
