@@ -315,26 +315,21 @@ def test_a_pending_cancel_refuses_the_fast_sell_and_the_exit_frees_the_shares_th
         assert sim.call(lambda: sim.engine.by_client_id[sell.client_order_id].filled_qty) == 10
 
 
-@pytest.mark.parametrize("cancel_is_final", [False, True])
-def test_an_oco_filling_while_its_cancel_is_pending_never_turns_the_exit_into_a_short(
-        store: RedisState, cancel_is_final: bool) -> None:
-    """Alpaca: DELETE answered 204, then the OCO filled all 10 before the cancel took effect. A sell now opens
-    a short from flat: the exit checks the shares (the venue's cancels are not final), finds none, sends
-    nothing. (Told its cancels are final, the venue's refusal is the only guard left: the race's cost.)"""
+def test_an_oco_filling_while_its_cancel_is_pending_never_turns_the_exit_into_a_short(store: RedisState) -> None:
+    """Alpaca: DELETE answered 204, then the OCO filled all 10 before the cancel took effect. A sell now would
+    open a short from flat (no venue refuses it): the exit checks the shares, since Alpaca's cancels are
+    not final when answered, finds none and sends nothing."""
     with SimServer(_moving_panel(10.6, 1e7), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
         sim.step(2)
-        broker = _Racing(sim.api_key, sim.secret_key, url=sim.url, sim=sim, cancel_is_final=cancel_is_final)
+        broker = _Racing(sim.api_key, sim.secret_key, url=sim.url, sim=sim, cancel_is_final=False)
         ex = _entered(sim, store, broker)
         broker.pending, broker.fill_meanwhile = 1, True
         sell = _intent("AAA", "sell", 10, 2, "signal_exit")
         _publish(store, sell)
         ex.drain()
         sim.step(1)
-        held, _, sent = _short_or_sold(sim, sell.client_order_id)
-        if cancel_is_final:
-            assert held == -10 and sent  # what the fast path would do on Alpaca: why it is kept off there
-        else:
-            assert (held, sent) == (0.0, False) and _sent(store)[sell.client_order_id] == "rejected"
+        assert _short_or_sold(sim, sell.client_order_id) == (0.0, [], False)
+        assert _sent(store)[sell.client_order_id] == "rejected"
 
 
 def test_an_exit_whose_legs_were_canceled_elsewhere_falls_back_to_the_listing(sim: SimServer,
@@ -589,3 +584,11 @@ def test_a_reanchor_rounds_its_levels_away_from_the_market(sim, store) -> None:
         return float(stop.stop_price), float(limit.limit_price)
 
     assert sim.call(oco) == (9.50, 10.51)
+
+
+def test_only_the_loopback_sim_counts_as_a_venue_whose_cancels_are_final() -> None:
+    """Alpaca (paper or live) keeps the exit's share check; live.sim on loopback answers a cancel once it is done."""
+    assert not AlpacaBroker("key", "secret", paper=True).cancel_is_final
+    assert not AlpacaBroker("key", "secret", paper=False).cancel_is_final
+    assert not AlpacaBroker("key", "secret", url="https://paper-api.alpaca.markets").cancel_is_final
+    assert AlpacaBroker("key", "secret", url="http://127.0.0.1:8765").cancel_is_final
