@@ -522,12 +522,12 @@ class AlpacaBroker:
 
         `refusal_expected`: a 403 is raised without the order_failed warning (the caller falls back).
         """
-        req = _order_request(intent, cid)
+        body = order_body(intent, cid)
         last: BrokerError | None = None
         maybe_sent = False
         for attempt in range(1, self.max_attempts + 1):
             try:
-                order = self._once("submit_order", self.client.submit_order, req, **ctx)
+                order = self._once("submit_order", self.submit_body, body, **ctx)
             except BrokerError as e:
                 last = e
                 if e.status in (409, 422) and "client_order_id" in str(e) and "unique" in str(e):
@@ -565,6 +565,11 @@ class AlpacaBroker:
         err = BrokerError(f"{last} (gave up after {self.max_attempts} attempts; the broker has no order "
                           f"{cid})", status=last.status, retryable=True)
         raise err
+
+    def submit_body(self, body: dict[str, Any]) -> Order:
+        """POST /v2/orders with a body shaped as alpaca-py's request models make it (`order_body`), through
+        alpaca-py's client, and read the answer as its submit_order does (one request, no retries)."""
+        return Order(**self.client.post("/orders", body))
 
     def _log_submitted(self, order: Order, intent: OrderIntent, ctx: dict[str, Any]) -> None:
         phase = order_phase(order.status)
@@ -907,6 +912,43 @@ def _never_sent(e: requests.RequestException) -> bool:
         return True
     reason = getattr(e.args[0], "reason", None) if e.args else None
     return isinstance(e, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+
+
+_TIME_IN_FORCE = frozenset(x.value for x in TimeInForce)
+_PRICES = {"market": (), "limit": ("limit_price",), "stop": ("stop_price",), "stop_limit": ("stop_price", "limit_price")}
+
+
+def order_body(i: OrderIntent, cid: str) -> dict[str, Any]:
+    """The JSON body alpaca-py's submit_order sends for this intent (`to_request_fields()` of its request
+    model, key for key and in its order), built without pydantic: ~0.2 ms less per order.
+
+    An intent alpaca-py would refuse (a price its type needs is missing, an unknown time in force) goes
+    through alpaca-py's models, which raise as before.
+    """
+    if i.time_in_force not in _TIME_IN_FORCE or any(getattr(i, n) is None for n in _PRICES[i.type]):
+        return _order_request(i, cid).to_request_fields()
+    body: dict[str, Any] = {"symbol": i.symbol, "qty": float(i.qty), "side": i.side, "type": i.type,
+                            "time_in_force": i.time_in_force}
+    bracket = i.take_profit is not None and i.stop_loss is not None
+    if bracket:
+        body["order_class"] = "bracket"
+    body["client_order_id"] = cid
+    if bracket:
+        body["take_profit"] = {"limit_price": float(i.take_profit)}  # type: ignore[arg-type]
+        body["stop_loss"] = {"stop_price": float(i.stop_loss)}  # type: ignore[arg-type]
+    if i.type in ("stop", "stop_limit"):
+        body["stop_price"] = float(i.stop_price)  # type: ignore[arg-type]
+    if i.type in ("limit", "stop_limit"):
+        body["limit_price"] = float(i.limit_price)  # type: ignore[arg-type]
+    return body
+
+
+def oco_sell_body(symbol: str, qty: float, take_profit: float, stop: float, cid: str) -> dict[str, Any]:
+    """The JSON body alpaca-py sends for a day OCO sell (LimitOrderRequest, order_class oco, limit at the
+    take-profit, with take_profit and stop_loss), built without pydantic."""
+    return {"symbol": symbol, "qty": float(qty), "side": "sell", "type": "limit", "time_in_force": "day",
+            "order_class": "oco", "client_order_id": cid, "take_profit": {"limit_price": float(take_profit)},
+            "stop_loss": {"stop_price": float(stop)}, "limit_price": float(take_profit)}
 
 
 def _order_request(i: OrderIntent, cid: str) -> OrderRequest:
