@@ -592,3 +592,41 @@ def test_only_the_loopback_sim_counts_as_a_venue_whose_cancels_are_final() -> No
     assert not AlpacaBroker("key", "secret", paper=False).cancel_is_final
     assert not AlpacaBroker("key", "secret", url="https://paper-api.alpaca.markets").cancel_is_final
     assert AlpacaBroker("key", "secret", url="http://127.0.0.1:8765").cancel_is_final
+
+
+def test_the_order_paths_session_gate_agrees_with_the_calendar_to_the_microsecond() -> None:
+    """The gate works on integer nanoseconds (no pandas per order): the same answer as `in_session` at every
+    minute and a microsecond either side, over DST switches, a half day, a holiday and a weekend."""
+    from live.executor import _epoch_ns, _in_session_ns, in_session
+
+    days = ("2024-03-08", "2024-03-11", "2024-11-01", "2024-11-04", "2024-11-29", "2024-12-25", "2024-11-02")
+    n = 0
+    for day in days:
+        start = pd.Timestamp(f"{day} 12:00", tz="UTC")
+        for m in range(12 * 60):
+            t = start + pd.Timedelta(minutes=m)
+            assert _epoch_ns(t.isoformat()) == t.value
+            for dt in (-1_000, 0, 1_000):
+                x = t + pd.Timedelta(nanoseconds=dt)
+                assert _in_session_ns(x.value) == in_session(x), x
+                n += in_session(x)
+    assert n > 0  # some minutes were in a session
+    assert _epoch_ns("2024-11-01T10:00:00-04:00") == pd.Timestamp("2024-11-01 14:00", tz="UTC").value
+    with pytest.raises(TypeError):  # a time without its offset is refused, as pandas refused it
+        _epoch_ns("2024-11-01T14:00:00")
+
+
+def test_on_the_wall_clock_an_order_goes_only_while_the_session_is_open_now(sim, store) -> None:
+    """`clock="wall"` (Alpaca): the bar must be in a session and so must the wall clock, or nothing is sent."""
+    late = _intent("AAA", "buy", 1, 0, "entry")
+    saturday = pd.Timestamp("2024-11-02 15:00", tz="UTC").timestamp()
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url), clock="wall", now=lambda: saturday)
+    _publish(store, late)
+    ex.drain()
+    assert ex.counts["blocked"] == 1 and late.client_order_id not in _at_broker(sim) and _pending(store) == 0
+    on_time = _intent("BBB", "buy", 1, 0, "entry")
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url), clock="wall",
+                  now=lambda: (T0 + pd.Timedelta(minutes=1, seconds=2)).timestamp())
+    _publish(store, on_time)
+    ex.drain()
+    assert ex.counts["blocked"] == 0 and on_time.client_order_id in _at_broker(sim)
