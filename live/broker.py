@@ -124,16 +124,20 @@ def tolerant_order(d: dict[str, Any]) -> Order:
 
 
 # ---------------------------------------------------------------------- prices
+_CENT, _BASIS_POINT = Decimal("0.01"), Decimal("0.0001")
+_ROUNDING = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_UP}
+
+
 def tick_size(price: float) -> Decimal:
     """Alpaca's minimum price increment for US equities: $0.01 from $1.00, $0.0001 below."""
-    return Decimal("0.01") if price >= 1.0 else Decimal("0.0001")
+    return _CENT if price >= 1.0 else _BASIS_POINT
 
 
 def round_price(price: float, how: str = "nearest") -> float:
     """`price` on a valid tick, rounded "down", "up" or to the "nearest" tick."""
     if not (price > 0 and math.isfinite(price)):  # inf once escaped as decimal.InvalidOperation
         raise BrokerError(f"price must be > 0 (and finite), got {price!r}", retryable=False)
-    mode = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_UP}[how]
+    mode = _ROUNDING[how]
     d = Decimal(repr(float(price)))
     out = d.quantize(tick_size(price), rounding=mode)
     if out < 1 <= price or (out >= 1 > price):  # crossed $1: re-round on the tick of the other side
