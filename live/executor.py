@@ -316,6 +316,8 @@ class Executor:
         """
         if self.stop_check is None:
             self.stop_check = stop
+        if self.auto:  # the XNYS calendar is built now (~1 s), not on the way of the first order
+            _session_ns(datetime.datetime.fromtimestamp(self._now(), _NEW_YORK).date())
         try:
             while True:
                 try:

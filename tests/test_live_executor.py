@@ -630,3 +630,15 @@ def test_on_the_wall_clock_an_order_goes_only_while_the_session_is_open_now(sim,
     _publish(store, on_time)
     ex.drain()
     assert ex.counts["blocked"] == 0 and on_time.client_order_id in _at_broker(sim)
+
+
+def test_a_running_executor_builds_the_exchange_calendar_before_the_first_order(store: RedisState) -> None:
+    """exchange-calendars takes about a second to build XNYS: `run` does it at start, not the first order."""
+    from data.calendar import calendar
+    from live import executor
+
+    calendar.cache_clear()
+    executor._session_hours.cache_clear()
+    executor._session_ns.cache_clear()
+    Executor(store, object()).run(lambda: True)  # stops before reading anything
+    assert calendar.cache_info().currsize == 1
