@@ -494,11 +494,12 @@ class AlpacaBroker:
         again only if the broker does not have it. OutcomeUnknown: even the lookup failed; retry the
         same intent later, never a new decision.
 
-        `held_known`, for a sell right after its caller canceled (answered, and `cancel_is_final`) a
-        sell group that held this symbol's shares: a long position is held, so the sell goes without
-        the share check (one round trip less). A sell can only open a short from flat, and a venue
-        refuses a sell beyond the long shares held and free (403 insufficient qty): on any 403 the
-        check runs as usual (release, cut or OversellRefused) and the same intent is sent again.
+        `held_known`, for a sell right after the caller's cancel of a sell group holding this symbol's
+        shares was answered by a venue whose answer means canceled (`cancel_is_final`; Alpaca's may mean
+        pending_cancel, and the group may still fill in full): a long position is held, so the sell goes
+        without the share check (one round trip less). A sell opens a short only from flat; beyond the
+        long shares held and free the venue refuses it (403 insufficient qty), and on any 403 the check
+        runs as usual (release, cut or OversellRefused) and the same intent is sent again.
         """
         cid = intent.client_order_id
         ctx = {"ticker": intent.symbol, "client_order_id": cid}
