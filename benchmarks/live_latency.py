@@ -5,9 +5,10 @@
    XREADGROUP, as `python -m live executor` does, so it picks a signal up the moment it is committed.
    Per ORDER, from the minute's bars arriving at the runner (the history answer in hand) to
    (a) sent: its POST /v2/orders leaving the executor, and (b) ack: the broker's answer back;
-   p50/p99 for bracket entries (buys), exits (sells, after canceling the legs and checking the held
-   shares) and exit re-anchors (OCO sells), with the decision part (bar arrival -> signals committed
-   in Redis) and every broker request's round trip by kind, which is what the rest is made of.
+   p50/p99 for bracket entries (buys), exits (sells, after canceling the legs; the held shares are
+   checked only when that cancel does not prove them held) and exit re-anchors (OCO sells), with the
+   decision part (bar arrival -> signals committed in Redis) and every broker request's round trip by
+   kind, which is what the rest is made of.
 2. The same bars fed straight to the runner (Redis state and signals.raw, no broker, AUTO_MODE=0), bars/s
    (symbol-bars) best and median of REPS runs: minute by minute (each minute stored before the next
    arrives, as live) and as a restart's catch-up (all bars in hand, commits pipelined); next to the

@@ -18,6 +18,7 @@ import functools
 import math
 import threading
 import time
+import zoneinfo
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -40,6 +41,29 @@ def in_session(t: pd.Timestamp) -> bool:
     return hours is not None and hours[0] <= t < hours[1]
 
 
+_NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_US = datetime.timedelta(microseconds=1)
+
+
+def _in_session_ns(t: int) -> bool:
+    """`in_session` for a time in integer nanoseconds since the epoch (the order path: no pandas per order)."""
+    hours = _session_ns(datetime.datetime.fromtimestamp(t // 1_000_000_000, _NEW_YORK).date())
+    return hours is not None and hours[0] <= t < hours[1]
+
+
+def _epoch_ns(text: str) -> int:
+    """An ISO time with its offset (the runner's bar_time) in nanoseconds since the epoch; whatever
+    datetime cannot read exactly goes through pandas, which also refuses a naive time, as before."""
+    try:
+        d = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        d = None
+    if d is None or d.tzinfo is None:
+        return pd.Timestamp(text).tz_convert("UTC").value
+    return (d - _EPOCH) // _US * 1000
+
+
 @functools.lru_cache(maxsize=64)
 def _session_hours(day: datetime.date) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """(open, close) of the XNYS session on a New York date, None on a holiday or weekend (once per day:
@@ -49,6 +73,13 @@ def _session_hours(day: datetime.date) -> tuple[pd.Timestamp, pd.Timestamp] | No
     if not cal.is_session(d):
         return None
     return cal.session_open(d), cal.session_close(d)
+
+
+@functools.lru_cache(maxsize=64)
+def _session_ns(day: datetime.date) -> tuple[int, int] | None:
+    """`_session_hours` in integer nanoseconds since the epoch."""
+    hours = _session_hours(day)
+    return None if hours is None else (hours[0].value, hours[1].value)
 
 
 def maybe_placed(e: BaseException) -> bool:
@@ -64,6 +95,16 @@ def maybe_placed(e: BaseException) -> bool:
         return True
     return bool(e.retryable or getattr(e, "outcome_unknown", False) or getattr(e, "unparsed", False)
                 or getattr(e, "transient", False))
+
+
+class _ReadIntent(OrderIntent):
+    """An intent read from signals.raw. Its client_order_id (a hash over pandas times, ~25 us) is computed
+    once: the executor checks it against the entry's, then the broker reads it for each request."""
+
+    @functools.cached_property
+    def client_order_id(self) -> str:  # type: ignore[override]
+        """The idempotency key of this intent (OrderIntent's, cached)."""
+        return OrderIntent.client_order_id.fget(self)  # type: ignore[attr-defined]
 
 
 class _Held:
@@ -100,6 +141,7 @@ class Executor:
         self.lanes = lanes
         self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
         self._lock = threading.Lock()
+        self._records: list[dict[str, str]] = []  # orders.sent records of the batch, written by _flush
         self.stop_check = stop_check  # read before each batch is placed (run's `stop` when not given)
         store.ensure_group()
 
@@ -154,6 +196,10 @@ class Executor:
                 if fields is None:  # deleted entry still pending: just ack it
                     acks.append(eid)
                     continue
+                if self.auto and fields.get(b"kind") not in (b"order", b"protect"):
+                    self._count("processed")  # a decision without an order (handle's first line): nothing to do
+                    acks.append(eid)
+                    continue
                 f = {a.decode(): b.decode() for a, b in fields.items()}
                 if f.get("kind") in ("order", "protect") and self.auto:
                     if reread:
@@ -171,14 +217,15 @@ class Executor:
     def _place(self, orders: list[tuple[bytes, dict[str, str]]], acks: list[bytes], held: _Held) -> None:
         """Place a batch's orders: each symbol's in stream order, different symbols side by side.
 
-        An exit costs three round trips (cancel, share check, sell): a flatten of five positions
-        must not cost fifteen in a row. An entry waits for its symbol's earlier entries; a buy waits
-        for every earlier entry of the batch (buying power and the exits it was decided after go in
-        stream order); if one of those cannot be acknowledged it waits too. A symbol, or a buy while
-        anything is held back, does not go at all.
+        An exit costs two or three round trips (cancel, share check unless the cancel proved shares
+        are held, sell): a flatten of five positions must not cost ten or fifteen in a row. An entry
+        waits for its symbol's earlier entries; a buy waits for every earlier entry of the batch
+        (buying power and the exits it was decided after go in stream order); if one of those cannot
+        be acknowledged it waits too. A symbol, or a buy while anything is held back, does not go.
         """
         tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
         last_of: dict[str, Future] = {}
+        first: tuple[Future, dict[str, str]] | None = None
         if self.stop_check is not None and self.stop_check():  # the kill switch: nothing more goes out
             held.waiting += len(orders)
             log.warning("orders_held", count=len(orders), rule="kill", reason="stop requested")
@@ -197,13 +244,24 @@ class Executor:
             # their cash, a conflict pair's exit), not for other symbols' re-anchors; sells go side by side
             deps = ([t[3] for t in tasks if t[1].get("kind") == "order" or t[2] == sym] if buy
                     else [d for d in (last_of.get(sym),) if d is not None])
-            if pooled:
+            if pooled and tasks:
                 fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
+            elif pooled:  # the batch's first order (it waits for nothing) runs on this thread once the rest
+                fut = Future()  # is handed to the lanes: no thread hand-off before the first order goes out
+                first = (fut, f)
             else:
                 fut = Future()
                 fut.set_result(self._task(f, deps))
             last_of[sym] = fut
             tasks.append((eid, f, sym, fut))
+        if first is not None:
+            fut, f = first
+            try:
+                fut.set_result(self._task(f, []))
+            except BaseException as e:  # (an interrupt) lanes waiting for it must not wait forever
+                if not fut.done():
+                    fut.set_result(("error", e))
+                raise
         error: BaseException | None = None
         for eid, f, sym, fut in tasks:  # in stream order
             state, exc = fut.result()
@@ -236,9 +294,18 @@ class Executor:
             return "error", e
 
     def _flush(self, acks: list[bytes]) -> None:
-        """The batch's acknowledgements in one round trip (a crash before it only means the entries are
-        read again: their client_order_ids make that a lookup, never a second order)."""
-        if acks:
+        """The batch's records, then its acknowledgements, in one round trip (a crash before it only means
+        the entries are read again: their client_order_ids make that a lookup, never a second order)."""
+        with self._lock:
+            records, self._records = self._records, []
+        if records:
+            pipe = self.r.pipeline(transaction=False)  # applied in order: no acknowledgement before its record
+            for rec in records:
+                pipe.xadd(self.store.keys.sent, rec)
+            if acks:
+                pipe.xack(self.store.keys.signals, GROUP, *acks)
+            pipe.execute()
+        elif acks:
             self.r.xack(self.store.keys.signals, GROUP, *acks)
 
     def run(self, stop: Callable[[], bool], block_ms: int = 500) -> None:
@@ -249,6 +316,8 @@ class Executor:
         """
         if self.stop_check is None:
             self.stop_check = stop
+        if self.auto:  # the XNYS calendar is built now (~1 s), not on the way of the first order
+            _session_ns(datetime.datetime.fromtimestamp(self._now(), _NEW_YORK).date())
         try:
             while True:
                 try:
@@ -281,9 +350,9 @@ class Executor:
                 log.info("signal_recorded", ticker=f["symbol"], reason=f.get("intent"), rule="auto_mode_off",
                          client_order_id=f["client_order_id"])
             return True
-        t = pd.Timestamp(f["bar_time"]) + pd.Timedelta(minutes=1)
-        now = t if self.clock == "bar" else pd.Timestamp(self._now(), unit="s", tz="UTC")
-        if not (in_session(t) and in_session(now - pd.Timedelta(microseconds=1))):
+        t = _epoch_ns(f["bar_time"]) + 60_000_000_000  # the decision: the bar's close (ns since the epoch)
+        now = t if self.clock == "bar" else round(self._now() * 1e9)
+        if not (_in_session_ns(t) and _in_session_ns(now - 1_000)):
             self._count("blocked")
             log.warning("order_blocked", ticker=f["symbol"], reason="outside_xnys_session", rule="session_gate",
                         client_order_id=f.get("client_order_id"))
@@ -296,8 +365,8 @@ class Executor:
         def num(x: str | None) -> float | None:
             return float(x) if x not in (None, "", "None") else None
 
-        it = OrderIntent(f["strategy"], f["symbol"], f["side"], float(f["qty"]),
-                         pd.Timestamp(int(f["decided"]), unit="s", tz="UTC"), intent=f["intent"],
+        it = _ReadIntent(f["strategy"], f["symbol"], f["side"], float(f["qty"]),
+                         pd.Timestamp(int(f["decided"]) * 1_000_000_000, tz="UTC"), intent=f["intent"],
                          stop_loss=num(f.get("stop_loss")), take_profit=num(f.get("take_profit")))
         if it.client_order_id != f["client_order_id"]:
             raise AssertionError(f"client_order_id mismatch for {f['symbol']}: {it.client_order_id} != "
@@ -314,12 +383,19 @@ class Executor:
         canceled_buy = False
         try:
             release = None
+            held_known = False
             if it.side == "sell":  # the kernel's exit: free the shares its exit legs hold, then sell
                 if self._cancel_known(sym, ("oco",), it.intent):
                     release = lambda: self._cancel_listed(sym, it.intent)  # noqa: E731 (if shares stay promised)
+                    # the OCO was open and is canceled: it held shares, so a long position is held (a venue
+                    # whose cancel answers before it is final, Alpaca's pending_cancel, keeps the share check)
+                    held_known = bool(getattr(self.broker, "cancel_is_final", False))
                 else:
                     canceled_buy = self._cancel_listed(sym, it.intent)
-            order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
+            if held_known:
+                order = self.broker.submit(it, release=release, held_known=True)
+            else:
+                order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
         except Exception as e:
             self._groups.pop(sym, None)
             if canceled_buy and isinstance(e, BrokerError) and getattr(e, "held", None) == 0:
@@ -397,7 +473,8 @@ class Executor:
         the group's shares. False (the caller lists the symbol's open orders instead) when nothing is
         known (a restart, another executor), the kind does not fit (an entry may still be working),
         or the broker says the order is gone (404/422: filled, canceled or replaced meanwhile). The
-        broker stays the truth: the sell's share check and the OCO's own refusal catch the rest.
+        broker stays the truth: the sell's share check (or the venue's 403 to a sell beyond the
+        shares held, see AlpacaBroker.submit's `held_known`) and the OCO's own refusal catch the rest.
         """
         known = self._groups.pop(symbol, None)
         if known is None or known[0] not in kinds:
@@ -433,9 +510,7 @@ class Executor:
         The bracket legs (anchored at the decision close) are canceled and one OCO sell (take-profit
         limit + stop) goes in their place, with an idempotent client_order_id of its own.
         """
-        from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
-        from alpaca.trading.requests import LimitOrderRequest, StopLossRequest, TakeProfitRequest
-
+        from live.broker import oco_sell_body, round_price
         from strategies.intents import client_order_id
 
         sym = f["symbol"]
@@ -448,16 +523,11 @@ class Executor:
             if placed is not None:
                 return placed
         if self.tick_round:  # valid ticks away from the market, as the adapter rounds a bracket's levels: the
-            from live.broker import round_price  # broker's exits never trigger before the kernel's
-
-            stop, tp = round_price(stop, "down"), round_price(tp, "up")
-        req = LimitOrderRequest(symbol=sym, qty=qty, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
-                                limit_price=tp, order_class=OrderClass.OCO, client_order_id=cid,
-                                take_profit=TakeProfitRequest(limit_price=tp), stop_loss=StopLossRequest(stop_price=stop))
+            stop, tp = round_price(stop, "down"), round_price(tp, "up")  # broker's exits never trigger before the kernel's
+        body = oco_sell_body(sym, qty, tp, stop, cid)
 
         def place() -> Any:
-            return self.broker._call("submit_order", self.broker.client.submit_order, req, ticker=sym,
-                                     client_order_id=cid)
+            return self.broker._call("submit_order", self.broker.submit_body, body, ticker=sym, client_order_id=cid)
 
         try:
             if self._cancel_known(sym, ("bracket", "oco"), "reanchor_exits"):
@@ -493,8 +563,9 @@ class Executor:
         return True
 
     def _record(self, cid: str, symbol: str, status: str, detail: str) -> None:
-        """What happened to an order, for reports and status: written as soon as the broker answered
-        (before the entry's acknowledgement, so a crash in between leaves the record and a pending entry,
-        whose second reading is a lookup by client_order_id)."""
-        self.r.xadd(self.store.keys.sent, {"client_order_id": cid, "symbol": symbol, "status": status,
-                                           "detail": detail[:300]})
+        """What happened to an order, for reports and status: written with the batch's acknowledgements,
+        ahead of them in the same round trip (`_flush`), not on the way of the batch's next order. Never
+        an acknowledgement without its record: a crash before the flush leaves the entry pending, and its
+        second reading is a lookup by client_order_id, which records the order then."""
+        with self._lock:  # lanes record from several threads
+            self._records.append({"client_order_id": cid, "symbol": symbol, "status": status, "detail": detail[:300]})

@@ -122,3 +122,39 @@ def test_from_env_needs_keys_unless_given_a_sim(monkeypatch, sim_and_clock) -> N
     with pytest.raises(ConfigError, match="ALPACA_API_KEY"):
         AlpacaBroker.from_env()
     assert AlpacaBroker.from_env(sim_url=sim.url).account().status.value == "ACTIVE"
+
+
+def test_order_bodies_are_what_alpaca_py_sends_byte_for_byte() -> None:
+    """The order path builds its JSON without pydantic: every intent shape gives alpaca-py's very body, and
+    what alpaca-py refuses is still refused by alpaca-py."""
+    import itertools
+    import json
+
+    from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest, StopLossRequest, TakeProfitRequest
+    from pydantic import ValidationError
+
+    from live.broker import _order_request, oco_sell_body, order_body
+
+    prices = {"market": {}, "limit": {"limit_price": 10.25}, "stop": {"stop_price": 9.5},
+              "stop_limit": {"stop_price": 9.5, "limit_price": 9.4}}
+    exits = ({}, {"take_profit": 11.0, "stop_loss": 9.0}, {"take_profit": 11.0}, {"stop_loss": 9})
+    n = 0
+    for (typ, px), side, qty, tif, ex in itertools.product(prices.items(), ("buy", "sell"), (3, 2.5),
+                                                          ("day", "gtc", "opg", "cls", "ioc", "fok"), exits):
+        it = _intent(1, type=typ, side=side, qty=qty, time_in_force=tif, **px, **ex)
+        want = _order_request(it, "tl-x").to_request_fields()
+        assert json.dumps(order_body(it, "tl-x")) == json.dumps(want), it
+        n += 1
+    assert n == 4 * 2 * 2 * 6 * 4
+    for bad in (_intent(1, type="limit"), _intent(1, type="stop_limit", stop_price=9.5),
+                _intent(1, time_in_force="week")):
+        with pytest.raises((ValidationError, ValueError)) as mine:
+            order_body(bad, "tl-x")
+        with pytest.raises((ValidationError, ValueError)) as theirs:
+            _order_request(bad, "tl-x")
+        assert type(mine.value) is type(theirs.value)
+    oco = LimitOrderRequest(symbol="AAA", qty=7, side=OrderSide.SELL, time_in_force=TimeInForce.DAY,
+                            limit_price=10.51, order_class=OrderClass.OCO, client_order_id="tl-p",
+                            take_profit=TakeProfitRequest(limit_price=10.51), stop_loss=StopLossRequest(stop_price=9.5))
+    assert json.dumps(oco_sell_body("AAA", 7, 10.51, 9.5, "tl-p")) == json.dumps(oco.to_request_fields())

@@ -197,8 +197,9 @@ def _entered(sim: SimServer, store: RedisState, broker: AlpacaBroker) -> Executo
     return ex
 
 
-def test_an_exit_cancels_its_own_legs_by_id_then_checks_the_shares_and_sells(sim: SimServer,
-                                                                              store: RedisState) -> None:
+def test_an_exit_cancels_its_own_legs_by_id_and_sells_without_a_share_check(sim: SimServer,
+                                                                             store: RedisState) -> None:
+    """The canceled OCO held the shares, so a position is held: cancel + sell, two round trips."""
     broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
     ex = _entered(sim, store, broker)
     assert broker.sent[-2:] == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders")]  # the re-anchor: no listing
@@ -207,9 +208,128 @@ def test_an_exit_cancels_its_own_legs_by_id_then_checks_the_shares_and_sells(sim
     del broker.sent[:]
     _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
     ex.drain()
-    assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("GET", "/v2/positions/AAA"), ("POST", "/v2/orders")]
+    assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders")]
     sim.step(1)
     assert _book(sim, "AAA") == (0.0, [])  # sold exactly what was held, no leg left behind
+
+
+def test_an_exit_on_a_venue_whose_cancels_may_be_pending_still_checks_the_shares(sim: SimServer,
+                                                                                 store: RedisState) -> None:
+    """Alpaca answers a cancel while the order is pending_cancel (it may still fill): the share check stays."""
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=False)
+    ex = _entered(sim, store, broker)
+    del broker.sent[:]
+    _publish(store, _intent("AAA", "sell", 10, 2, "signal_exit"))
+    ex.drain()
+    assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("GET", "/v2/positions/AAA"), ("POST", "/v2/orders")]
+    sim.step(1)
+    assert _book(sim, "AAA") == (0.0, [])
+
+
+def _moving_panel(high: float, volume: float) -> Panel:
+    """The test panel, except bar 3 (the first an exit OCO placed by _entered can fill at): its high
+    reaches `high` on `volume` shares (the sim lets 10% of a bar's volume trade)."""
+    p = _panel()
+    hi, vol = p.high.copy(), p.volume.copy()
+    hi[3, 0], vol[3, 0] = high, volume
+    return Panel(index=p.index, symbols=p.symbols, open=p.open, high=hi, low=p.low, close=p.close, volume=vol)
+
+
+def _short_or_sold(sim: SimServer, cid: str) -> tuple[float, list[str], bool]:
+    """(AAA held, AAA's open orders, whether an order with client_order_id `cid` reached the sim)."""
+    held, working = _book(sim, "AAA")
+    return held, working, cid in _at_broker(sim)
+
+
+def test_an_exit_after_the_oco_partly_filled_sells_only_the_shares_left(store: RedisState) -> None:
+    """The take-profit sold 4 of 10: the kernel's sell of 10 is refused by the broker (more than held), then
+    the shares are read and exactly the 6 left are sold, under the same client_order_id: never a short."""
+    with SimServer(_moving_panel(10.6, 40), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
+        sim.step(2)
+        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+        ex = _entered(sim, store, broker)
+        sim.step(1)  # the OCO's take-profit fills 4 shares
+        assert _book(sim, "AAA")[0] == 6
+        del broker.sent[:]
+        sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+        _publish(store, sell)
+        ex.drain()
+        assert broker.sent == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders"),  # refused: 10 > 6 held
+                               ("GET", "/v2/positions/AAA"), ("GET", "/v2/orders:by_client_order_id"),  # as before
+                               ("POST", "/v2/orders")]
+        assert sim.call(lambda: sim.engine.by_client_id[sell.client_order_id].qty) == 6
+        sim.step(1)
+        assert _book(sim, "AAA") == (0.0, [])
+        assert _pending(store) == 0 and _sent(store)[sell.client_order_id] != "rejected"
+
+
+def test_an_exit_after_the_oco_filled_sells_nothing(store: RedisState) -> None:
+    """The take-profit sold all 10 before the exit: its cancel misses (422), the shares are checked, nothing
+    is held, so nothing is sent (a sell now would open a short) and the entry is recorded as refused."""
+    with SimServer(_moving_panel(10.6, 1e7), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
+        sim.step(2)
+        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+        ex = _entered(sim, store, broker)
+        sim.step(1)  # the OCO's take-profit fills all 10 shares
+        sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+        _publish(store, sell)
+        ex.drain()
+        sim.step(1)
+        assert _short_or_sold(sim, sell.client_order_id) == (0.0, [], False)
+        assert _pending(store) == 0 and _sent(store)[sell.client_order_id] == "rejected"
+
+
+class _Racing(_Counting):
+    """Alpaca's asynchronous cancel: DELETE answers 204 (pending_cancel) while the OCO keeps its shares;
+    `fill_meanwhile` steps the sim at that moment, so the OCO may fill before the cancel takes effect."""
+
+    def __init__(self, *a: Any, sim: SimServer, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.sim = sim
+        self.pending = 0
+        self.fill_meanwhile = False
+
+    def cancel(self, order_id: str) -> None:
+        if self.pending > 0:
+            self.pending -= 1
+            if self.fill_meanwhile:
+                self.sim.step(1)
+            return
+        super().cancel(order_id)
+
+
+def test_a_pending_cancel_refuses_the_fast_sell_and_the_exit_frees_the_shares_then_sells(store: RedisState) -> None:
+    """The cancel by id answered but the OCO still holds its shares: the sell is refused (403), the exit
+    cancels the symbol's listed orders (release) and sells all 10 in the same pass."""
+    with SimServer(_panel(), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
+        sim.step(2)
+        broker = _Racing(sim.api_key, sim.secret_key, url=sim.url, sim=sim, cancel_is_final=True)
+        ex = _entered(sim, store, broker)
+        broker.pending = 1
+        sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+        _publish(store, sell)
+        ex.drain()
+        assert _pending(store) == 0 and ("GET", "/v2/orders") in broker.sent  # released, then sold
+        sim.step(1)
+        assert _book(sim, "AAA") == (0.0, [])
+        assert sim.call(lambda: sim.engine.by_client_id[sell.client_order_id].filled_qty) == 10
+
+
+def test_an_oco_filling_while_its_cancel_is_pending_never_turns_the_exit_into_a_short(store: RedisState) -> None:
+    """Alpaca: DELETE answered 204, then the OCO filled all 10 before the cancel took effect. A sell now would
+    open a short from flat (no venue refuses it): the exit checks the shares, since Alpaca's cancels are
+    not final when answered, finds none and sends nothing."""
+    with SimServer(_moving_panel(10.6, 1e7), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
+        sim.step(2)
+        broker = _Racing(sim.api_key, sim.secret_key, url=sim.url, sim=sim, cancel_is_final=False)
+        ex = _entered(sim, store, broker)
+        broker.pending, broker.fill_meanwhile = 1, True
+        sell = _intent("AAA", "sell", 10, 2, "signal_exit")
+        _publish(store, sell)
+        ex.drain()
+        sim.step(1)
+        assert _short_or_sold(sim, sell.client_order_id) == (0.0, [], False)
+        assert _sent(store)[sell.client_order_id] == "rejected"
 
 
 def test_an_exit_whose_legs_were_canceled_elsewhere_falls_back_to_the_listing(sim: SimServer,
@@ -464,3 +584,61 @@ def test_a_reanchor_rounds_its_levels_away_from_the_market(sim, store) -> None:
         return float(stop.stop_price), float(limit.limit_price)
 
     assert sim.call(oco) == (9.50, 10.51)
+
+
+def test_only_the_loopback_sim_counts_as_a_venue_whose_cancels_are_final() -> None:
+    """Alpaca (paper or live) keeps the exit's share check; live.sim on loopback answers a cancel once it is done."""
+    assert not AlpacaBroker("key", "secret", paper=True).cancel_is_final
+    assert not AlpacaBroker("key", "secret", paper=False).cancel_is_final
+    assert not AlpacaBroker("key", "secret", url="https://paper-api.alpaca.markets").cancel_is_final
+    assert AlpacaBroker("key", "secret", url="http://127.0.0.1:8765").cancel_is_final
+
+
+def test_the_order_paths_session_gate_agrees_with_the_calendar_to_the_microsecond() -> None:
+    """The gate works on integer nanoseconds (no pandas per order): the same answer as `in_session` at every
+    minute and a microsecond either side, over DST switches, a half day, a holiday and a weekend."""
+    from live.executor import _epoch_ns, _in_session_ns, in_session
+
+    days = ("2024-03-08", "2024-03-11", "2024-11-01", "2024-11-04", "2024-11-29", "2024-12-25", "2024-11-02")
+    n = 0
+    for day in days:
+        start = pd.Timestamp(f"{day} 12:00", tz="UTC")
+        for m in range(12 * 60):
+            t = start + pd.Timedelta(minutes=m)
+            assert _epoch_ns(t.isoformat()) == t.value
+            for dt in (-1_000, 0, 1_000):
+                x = t + pd.Timedelta(nanoseconds=dt)
+                assert _in_session_ns(x.value) == in_session(x), x
+                n += in_session(x)
+    assert n > 0  # some minutes were in a session
+    assert _epoch_ns("2024-11-01T10:00:00-04:00") == pd.Timestamp("2024-11-01 14:00", tz="UTC").value
+    with pytest.raises(TypeError):  # a time without its offset is refused, as pandas refused it
+        _epoch_ns("2024-11-01T14:00:00")
+
+
+def test_on_the_wall_clock_an_order_goes_only_while_the_session_is_open_now(sim, store) -> None:
+    """`clock="wall"` (Alpaca): the bar must be in a session and so must the wall clock, or nothing is sent."""
+    late = _intent("AAA", "buy", 1, 0, "entry")
+    saturday = pd.Timestamp("2024-11-02 15:00", tz="UTC").timestamp()
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url), clock="wall", now=lambda: saturday)
+    _publish(store, late)
+    ex.drain()
+    assert ex.counts["blocked"] == 1 and late.client_order_id not in _at_broker(sim) and _pending(store) == 0
+    on_time = _intent("BBB", "buy", 1, 0, "entry")
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url), clock="wall",
+                  now=lambda: (T0 + pd.Timedelta(minutes=1, seconds=2)).timestamp())
+    _publish(store, on_time)
+    ex.drain()
+    assert ex.counts["blocked"] == 0 and on_time.client_order_id in _at_broker(sim)
+
+
+def test_a_running_executor_builds_the_exchange_calendar_before_the_first_order(store: RedisState) -> None:
+    """exchange-calendars takes about a second to build XNYS: `run` does it at start, not the first order."""
+    from data.calendar import calendar
+    from live import executor
+
+    calendar.cache_clear()
+    executor._session_hours.cache_clear()
+    executor._session_ns.cache_clear()
+    Executor(store, object()).run(lambda: True)  # stops before reading anything
+    assert calendar.cache_info().currsize == 1
