@@ -1044,6 +1044,17 @@ class SimEngine:
         return ev, bars
 
 
+def load_fill_kernels() -> None:
+    """Load strategies/fills.py's numba kernels now: their first call in a process takes ~1 s (cache load),
+    which would otherwise stall the first fill's step and every request queued behind it."""
+    market_fill_price_nb(100.0, BUY, 0.0)
+    limit_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0)
+    stop_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0)
+    stop_limit_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0, 100.0)
+    bracket_exit_long_nb(100.0, 101.0, 99.0, 98.0, 102.0)
+    order_fee_nb(1.0, 0.0, 0.0)
+
+
 _ACK_EVENTS = frozenset({"pending_new", "new", "accepted", "held", "pending_cancel", "pending_replace"})
 
 
