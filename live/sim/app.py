@@ -168,13 +168,20 @@ def _q_time(q: Any, name: str) -> pd.Timestamp | None:
     raw = q.get(name)
     if not raw:
         return None
+    t = _parse_time(raw)
+    if t is None:
+        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
+    return t
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_time(raw: str) -> pd.Timestamp | None:
+    """A query time, or None when it is not one (cached: a feed sends the same minute for every request)."""
     try:
         t = pd.Timestamp(raw).as_unit("ns")  # ns: years 1678..2261 (1500-01-01 parsed, then broke comparisons: 500)
     except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
-        t = pd.NaT
-    if pd.isna(t):
-        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
-    return t
+        return None
+    return None if pd.isna(t) else t
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -566,13 +573,12 @@ async def stock_bars(request: web.Request) -> web.Response:
     if q.get("page_token"):
         start_at = _page_start(q["page_token"], items)
     page = items[start_at : start_at + limit]
+    rows, cols = [i for _, i in page], [p.symbols.index(s) for s, _ in page]
+    fields = [[None] * len(page) if x is None else x[rows, cols].tolist()  # the page's values, one read per field
+              for x in (p.open, p.high, p.low, p.close, p.volume, p.trade_count, p.vwap)]
     out: dict[str, list[dict[str, Any]]] = {}
-    for s, i in page:
-        j = p.symbols.index(s)
-        out.setdefault(s, []).append(wire.bar_json(
-            int(closed[i]), float(p.open[i, j]), float(p.high[i, j]), float(p.low[i, j]), float(p.close[i, j]),
-            float(p.volume[i, j]), None if p.trade_count is None else float(p.trade_count[i, j]),
-            None if p.vwap is None else float(p.vwap[i, j])))
+    for (s, _), t, *values in zip(page, closed[rows].tolist(), *fields, strict=True):
+        out.setdefault(s, []).append(wire.bar_json(t, *values))
     nxt = items[start_at + limit] if start_at + limit < len(items) else None
     token = base64.urlsafe_b64encode(f"{nxt[0]}:{nxt[1]}".encode()).decode() if nxt else None
     return _json({"bars": out, "next_page_token": token})

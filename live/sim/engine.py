@@ -317,6 +317,11 @@ class SimEngine:
         px = np.where(np.isnan(self.last_close), self._first_open, self.last_close)
         self._quotes = dict(zip(self.panel.symbols, px.tolist(), strict=True))
 
+    def held_qty(self, symbol: str) -> float:
+        """Signed shares held (0 when flat); the open-order scans ask it once per order."""
+        h = self.holdings.get(symbol)
+        return 0.0 if h is None else h.qty
+
     def _est_price(self, o: SimOrder) -> float:
         """What a buy may cost per share (for buying power); never NaN for an accepted order."""
         if o.type in ("limit", "stop_limit"):
@@ -333,7 +338,7 @@ class SimEngine:
         Buys are valued at their limit (else the last price plus slippage); an opening short at
         MAX(limit, 3% above the last price). Sells of held shares and buys to cover use none.
         """
-        held = self.holdings.get(o.symbol, Holding()).qty if held is None else held
+        held = self.held_qty(o.symbol) if held is None else held
         closing = max(0.0, -held) if o.side == BUY else max(0.0, held)
         opening = max(0.0, o.remaining - closing)
         if opening <= 0.0:
@@ -436,7 +441,7 @@ class SimEngine:
 
     def available_qty(self, symbol: str, exclude: SimOrder | None = None) -> float:
         """Shares held long minus shares promised to open sells (an OCO pair counts once); <= 0 when flat or short."""
-        held = self.holdings.get(symbol, Holding()).qty
+        held = self.held_qty(symbol)
         promised = sum(o.remaining for o in self.open_orders()
                        if o.is_open and o.status not in ("held",) and o.side == SELL and o.symbol == symbol
                        and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")
@@ -448,7 +453,7 @@ class SimEngine:
 
     def _cover_available(self, symbol: str, exclude: SimOrder | None = None) -> float:
         """Shares short minus shares promised to open buys to cover (0 when long or flat)."""
-        held = self.holdings.get(symbol, Holding()).qty
+        held = self.held_qty(symbol)
         if held >= 0:
             return 0.0
         promised = sum(o.remaining for o in self.open_orders()
@@ -671,7 +676,7 @@ class SimEngine:
 
     def _check_position_side(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
         """A sell beyond the shares held long is refused; a sell when flat or short opens a short (margin only)."""
-        held = self.holdings.get(o.symbol, Holding()).qty
+        held = self.held_qty(o.symbol)
         if replacing is not None and (replacing.parent is not None or replacing.siblings):
             if o.qty > replacing.remaining + 1e-9:  # an OCO/bracket member's shares are promised once, by its group
                 raise SimReject(403, wire.CODE_FORBIDDEN,
@@ -912,7 +917,7 @@ class SimEngine:
         """Shares a notional order buys (or sells) at `price`, rounded down to 9 decimals."""
         q = math.floor(o.notional / price * 1e9) / 1e9
         if o.side == SELL:
-            q = min(q, max(self.holdings.get(o.symbol, Holding()).qty, 0.0))
+            q = min(q, max(self.held_qty(o.symbol), 0.0))
         return q
 
     def _fill_price(self, o: SimOrder, op: float, hi: float, lo: float) -> float:
