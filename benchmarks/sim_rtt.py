@@ -10,6 +10,8 @@ keep-alive connection, as a broker client does. Each round is one replayed minut
   DELETE the OCO, GET /v2/positions/{symbol}, POST a market sell); GET /v2/positions of a flat
   symbol (404). So at most 2 open orders per symbol (<= 24 for the default universe).
 The step of round 1, whose market buy is the replay's first fill, is listed on its own.
+Peer: a bare aiohttp app answering a small JSON body in a process of its own, timed the same way after
+each run (what any aiohttp server costs on this box; the sim's figures less this are the sim's own).
 Prints p50/p99 per kind for each run, then the best and the median over the runs. Figures only.
 Usage: python benchmarks/sim_rtt.py [--day 2024-11-05] [--rounds 300] [--runs 3] [--sim process|thread]
        [--profile FILE]   (a cProfile dump of the sim: its process, or this whole process with --sim thread)
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +38,7 @@ import urllib3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from live_latency import SimProcess  # (the benchmarks folder is not a package)
+from live_latency import SimProcess, _free_port  # (the benchmarks folder is not a package)
 
 from data.sample import ensure_sample
 from live.sim import SimConfig, SimServer
@@ -117,6 +120,42 @@ def session(c: Client, symbols: list[str], rounds: int, tag: str) -> None:
             c("GET /v2/positions/{symbol} (404)", "GET", f"/v2/positions/{flat}")
 
 
+PEER = "peer: bare aiohttp GET, JSON body"
+
+
+def serve_peer(port: int) -> None:
+    """The peer server: aiohttp with one route answering {"ok": true} (no middleware, no state)."""
+    from aiohttp import web
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/peer", answer)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def time_peer(n: int) -> list[float]:
+    """n round trips to the peer server (after a warm-up), in seconds."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-peer", str(port)])
+    try:
+        c = Client(f"http://127.0.0.1:{port}", "", "")
+        for _ in range(600):
+            try:
+                c(PEER, "GET", "/peer")
+                break
+            except urllib3.exceptions.HTTPError:
+                time.sleep(0.05)
+        c.times.clear()
+        for _ in range(n + WARMUP):
+            c(PEER, "GET", "/peer")
+        return c.times[PEER][WARMUP:]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def run_once(a: argparse.Namespace, p: Params, k: int) -> dict[str, list[float]]:
     """One session against a fresh sim; the round trips (seconds) by kind."""
     symbols = list(p.universe)
@@ -143,6 +182,7 @@ def run_once(a: argparse.Namespace, p: Params, k: int) -> dict[str, list[float]]
             prof.disable()
             prof.dump_stats(a.profile)
         sim.stop()
+    c.times[PEER] = time_peer(a.rounds)
     return c.times
 
 
@@ -155,7 +195,11 @@ def main() -> int:
     ap.add_argument("--sim", choices=("process", "thread"), default="process",
                     help="live.sim in its own process (default) or on a thread of this one (profiling)")
     ap.add_argument("--profile", help="write a cProfile dump here (per run: FILE.<run> when --runs > 1)")
+    ap.add_argument("--serve-peer", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the peer's own process
     a = ap.parse_args()
+    if a.serve_peer:
+        serve_peer(a.serve_peer)
+        return 0
     if not 12 < a.rounds < 390:
         ap.error("--rounds must be 13..389 (one session, past the warm-up)")
     p = Params.preset(a.mode)
@@ -163,7 +207,7 @@ def main() -> int:
     runs = [run_once(a, p, k) for k in range(a.runs)]
     print(f"sim_rtt {a.day}: {len(p.universe)} symbols, {a.rounds} rounds (first {WARMUP} left out), "
           f"{a.runs} runs, sim: {a.sim}")
-    kinds = sorted({k for r in runs for k in r}, key=lambda k: (-len(runs[0].get(k, [])), k))
+    kinds = sorted({k for r in runs for k in r}, key=lambda k: (k == PEER, -len(runs[0].get(k, [])), k))
     print(f"  {'request':<38} {'n':>4}  {'p50 ms per run':<24} {'p99 ms per run':<24} p50 best/median  p99 best/median")
     for k in kinds:
         p50 = [np.percentile(r[k], 50) * 1e3 for r in runs if r.get(k)]
