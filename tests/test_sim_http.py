@@ -306,3 +306,49 @@ def test_bars_pages_followed_to_the_end_equal_the_one_page_answer() -> None:
         part = dc.get_stock_bars(StockBarsRequest(symbol_or_symbols=["BBB", "AAA"], timeframe=TimeFrame.Minute,
                                                   start=t0.to_pydatetime(), end=t1.to_pydatetime(), limit=26)).data
         assert [(sym, b.close) for sym in sorted(part) for b in part[sym]] == [(r[0], r[2]) for r in want[:26]]
+
+
+def test_bars_mid_replay_never_include_a_minute_that_has_not_closed(sim: SimServer) -> None:
+    """No look-ahead: whatever start/end a client asks for, /v2/stocks/bars stops at the last closed bar."""
+    sim.step(10)  # bars 0..9 have closed; the replay holds 30
+    idx, s = sim.engine.panel.index, _session(sim)
+    last = idx[9].strftime("%Y-%m-%dT%H:%M:%SZ")
+    for q, n_aaa in (({}, 10), ({"end": "2030-01-01T00:00:00Z"}, 10), ({"start": idx[7].isoformat()}, 3),
+                     ({"start": idx[7].isoformat(), "end": idx[25].isoformat()}, 3), ({"start": idx[12].isoformat()}, 0)):
+        body = s.get(f"{sim.url}/v2/stocks/bars", params={"symbols": "AAA,BBB", **q}).json()
+        times = [b["t"] for lst in body["bars"].values() for b in lst]
+        assert len(body["bars"].get("AAA", [])) == n_aaa, q
+        assert all(t <= last for t in times), (q, max(times))
+
+
+# ------------------------------------------------------------------ 5: order listings by status
+def test_order_listings_by_status_hold_exactly_their_orders_in_arrival_order(sim: SimServer) -> None:
+    """open, closed and all after fills, a cancel and a replace: each listing its own orders, oldest first with asc."""
+    s = _session(sim)
+    sim.step(1)
+
+    def post(body: dict) -> str:
+        r = s.post(f"{sim.url}/v2/orders", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    filled = post(_buy("AAA", 1))
+    resting = post(_buy("AAA", 1, type="limit", limit_price=50))
+    canceled = post(_buy("BBB", 1, type="limit", limit_price=10))
+    replaced = post(_buy("BBB", 1, type="limit", limit_price=20))
+    assert s.delete(f"{sim.url}/v2/orders/{canceled}").status_code == 204
+    r = s.patch(f"{sim.url}/v2/orders/{replaced}", json={"limit_price": 21})
+    assert r.status_code == 200, r.text
+    replacement = r.json()["id"]
+    sim.step(1)
+
+    def listing(**q: str) -> list[str]:
+        r = s.get(f"{sim.url}/v2/orders", params={"direction": "asc", **q})
+        assert r.status_code == 200, r.text
+        return [o["id"] for o in r.json()]
+
+    assert listing(status="open") == [resting, replacement]
+    assert listing(status="closed") == [filled, canceled, replaced]
+    assert listing(status="all") == [filled, resting, canceled, replaced, replacement]
+    assert listing(status="open", symbols="BBB") == [replacement]
+    assert listing(status="closed", symbols="BBB", direction="desc") == [replaced, canceled]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from tierlab.errors import ConfigError
@@ -33,10 +34,12 @@ def is_loopback_name(host: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def foreign_reason(host: str, origin: str | None) -> str | None:
     """Why a request to a loopback server cannot come from this machine's own clients, None when it can:
     a Host that is not a loopback name (DNS rebinding: a web page's name resolved to 127.0.0.1) or a
-    browser's Origin from any other site. `host` is the Host header (port and IPv6 brackets allowed)."""
+    browser's Origin from any other site. `host` is the Host header (port and IPv6 brackets allowed).
+    Cached: a server asks on every request, and a client sends the same two headers every time."""
     from urllib.parse import urlsplit
 
     name = host if host.endswith("]") else host.rsplit(":", 1)[0]

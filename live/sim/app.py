@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hmac
 import json
 from collections import deque
 from typing import Any
 
 import msgpack
+import numpy as np
 import pandas as pd
 from aiohttp import WSMsgType, web
 
@@ -56,6 +58,7 @@ class Hub:
         self.bar_subs: dict[web.WebSocketResponse, set[str]] = {}
         self.faults: deque[tuple[int, bool]] = deque()
         self.lock = asyncio.Lock()
+        self.created_at = wire.ts(engine.panel.index[0])  # the account's opening: the replay's first bar
 
     def keys_ok(self, key: object, secret: object) -> bool:
         """Constant-time check of a key pair (any text, non-ASCII or not a string at all, is simply wrong)."""
@@ -165,13 +168,20 @@ def _q_time(q: Any, name: str) -> pd.Timestamp | None:
     raw = q.get(name)
     if not raw:
         return None
+    t = _parse_time(raw)
+    if t is None:
+        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
+    return t
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_time(raw: str) -> pd.Timestamp | None:
+    """A query time, or None when it is not one (cached: a feed sends the same minute for every request)."""
     try:
         t = pd.Timestamp(raw).as_unit("ns")  # ns: years 1678..2261 (1500-01-01 parsed, then broke comparisons: 500)
     except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
-        t = pd.NaT
-    if pd.isna(t):
-        raise _bad(name, raw, "expected an RFC 3339 time or a date between 1678 and 2261")
-    return t
+        return None
+    return None if pd.isna(t) else t
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -235,13 +245,14 @@ async def account(request: web.Request) -> web.Response:
     def money(x: float) -> str | None:
         return wire.num(round(x, 2))
 
+    bp = money(max(e.buying_power(), 0.0))
     return _json({
         "id": wire.ACCOUNT_ID, "account_number": "PA-TIERLAB-SIM", "status": "ACTIVE",
-        "crypto_status": "INACTIVE", "currency": "USD", "buying_power": money(max(e.buying_power(), 0.0)),
+        "crypto_status": "INACTIVE", "currency": "USD", "buying_power": bp,
         "regt_buying_power": money(max(e.regt_buying_power(), 0.0)),
         "daytrading_buying_power": money(max(e.daytrading_buying_power(), 0.0)),
         "non_marginable_buying_power": money(max(e.non_marginable_buying_power(), 0.0)),
-        "effective_buying_power": money(max(e.buying_power(), 0.0)),
+        "effective_buying_power": bp,
         "cash": money(e.cash), "accrued_fees": "0", "portfolio_value": money(eq), "equity": money(eq),
         "last_equity": money(e.last_equity), "long_market_value": money(e.long_market_value()),
         "short_market_value": money(e.short_market_value()), "position_market_value": money(e.market_value()),
@@ -250,18 +261,23 @@ async def account(request: web.Request) -> web.Response:
         "multiplier": str(e.multiplier), "shorting_enabled": e.shorting_enabled, "trading_blocked": False,
         "transfers_blocked": False, "account_blocked": False, "trade_suspended_by_user": False,
         "pattern_day_trader": False, "daytrade_count": 0, "options_trading_level": 0,
-        "created_at": wire.ts(e.panel.index[0]),
+        "created_at": request.app[HUB].created_at,
     })
 
 
 async def clock(request: web.Request) -> web.Response:
     """GET /v2/clock: replay time; open means inside a replayed session."""
     e = request.app[ENGINE]
+    return _json(_clock_body(e.now, e.is_open))
+
+
+@functools.lru_cache(maxsize=8)
+def _clock_body(now: pd.Timestamp, is_open: bool) -> dict[str, Any]:
+    """GET /v2/clock's answer at one replay instant (the client polls it; the calendar lookups are slow)."""
     cal = xnys_calendar()
-    now = e.now
-    return _json({"timestamp": now.tz_convert("America/New_York").isoformat(), "is_open": e.is_open,
-                  "next_open": cal.next_open(now).tz_convert("America/New_York").isoformat(),
-                  "next_close": cal.next_close(now).tz_convert("America/New_York").isoformat()})
+    return {"timestamp": now.tz_convert("America/New_York").isoformat(), "is_open": is_open,
+            "next_open": cal.next_open(now).tz_convert("America/New_York").isoformat(),
+            "next_close": cal.next_close(now).tz_convert("America/New_York").isoformat()}
 
 
 async def calendar(request: web.Request) -> web.Response:
@@ -392,7 +408,7 @@ async def list_orders(request: web.Request) -> web.Response:
     syms = {s.strip().upper() for s in q["symbols"].split(",")} if q.get("symbols") else None
     after, until = _q_time(q, "after"), _q_time(q, "until")
     rows = []
-    for o in e.orders.values():
+    for o in (e.open_orders() if status == "open" else e.orders.values()):  # the same orders, in the same order
         if nested and o.parent is not None:
             continue
         if not _open_filter(status, o) or (syms and o.symbol not in syms):
@@ -546,23 +562,23 @@ async def stock_bars(request: web.Request) -> web.Response:
         raise SimReject(422, wire.CODE_UNPROCESSABLE, f"invalid symbol(s): {','.join(unknown) or '(none)'}")
     hub: Hub = request.app[HUB]
     limit = max(1, min(_q_int(q, "limit", 1000), hub.bars_page_limit))
-    idx = e.panel.index[: e.k]
+    closed = e.bar_ns[: e.k]  # the starts of the closed bars, epoch ns
     start, end = _q_time(q, "start"), _q_time(q, "end")
-    lo = 0 if start is None else int(idx.searchsorted(_utc(start), "left"))
-    hi = len(idx) if end is None else int(idx.searchsorted(_utc(end), "right"))
-    items = [(s, i) for s in syms for i in range(lo, hi) if not pd.isna(e.panel.close[i, e.panel.symbols.index(s)])]
+    lo = 0 if start is None else int(closed.searchsorted(_utc(start).value, "left"))
+    hi = len(closed) if end is None else int(closed.searchsorted(_utc(end).value, "right"))
+    p = e.panel
+    has = ~np.isnan(p.close[lo:hi, [p.symbols.index(s) for s in syms]].T)  # (symbol, bar): the bars that exist
+    items = [(syms[a], lo + b) for a, b in zip(*(x.tolist() for x in np.nonzero(has)), strict=True)]
     start_at = 0
     if q.get("page_token"):
         start_at = _page_start(q["page_token"], items)
     page = items[start_at : start_at + limit]
+    rows, cols = [i for _, i in page], [p.symbols.index(s) for s, _ in page]
+    fields = [[None] * len(page) if x is None else x[rows, cols].tolist()  # the page's values, one read per field
+              for x in (p.open, p.high, p.low, p.close, p.volume, p.trade_count, p.vwap)]
     out: dict[str, list[dict[str, Any]]] = {}
-    p = e.panel
-    for s, i in page:
-        j = p.symbols.index(s)
-        out.setdefault(s, []).append(wire.bar_json(
-            s, idx[i], float(p.open[i, j]), float(p.high[i, j]), float(p.low[i, j]), float(p.close[i, j]),
-            float(p.volume[i, j]), None if p.trade_count is None else float(p.trade_count[i, j]),
-            None if p.vwap is None else float(p.vwap[i, j])))
+    for (s, _), t, *values in zip(page, closed[rows].tolist(), *fields, strict=True):
+        out.setdefault(s, []).append(wire.bar_json(t, *values))
     nxt = items[start_at + limit] if start_at + limit < len(items) else None
     token = base64.urlsafe_b64encode(f"{nxt[0]}:{nxt[1]}".encode()).decode() if nxt else None
     return _json({"bars": out, "next_page_token": token})

@@ -213,7 +213,7 @@ class SimEngine:
         self.last_maintenance_margin = 0.0
         self.holdings: dict[str, Holding] = {}
         self.orders: dict[str, SimOrder] = {}
-        self._maybe_open: dict[str, SimOrder] = {}  # every order not yet seen terminal (see _open_orders)
+        self._maybe_open: dict[str, SimOrder] = {}  # every order not yet seen terminal (see open_orders)
         self.by_client_id: dict[str, SimOrder] = {}
         self.outbox: list[dict[str, Any]] = []
         self.stream_events = True  # build trade_updates payloads (the app turns it off while nobody listens)
@@ -222,6 +222,7 @@ class SimEngine:
         self.history: list[tuple[pd.Timestamp, float]] = []  # (bar start, equity after the bar closed)
         self._cols = {s: j for j, s in enumerate(panel.symbols)}
         idx = panel.index
+        self.bar_ns = idx.as_unit("ns").asi8  # bar starts in epoch ns: clock checks without a pandas lookup
         gap = np.ones(len(idx), dtype=bool)
         if len(idx) > 1:
             gap[:-1] = (idx[1:] - idx[:-1]) != MINUTE
@@ -234,6 +235,8 @@ class SimEngine:
         has_open = ~np.isnan(opens)
         first = has_open.argmax(axis=0)
         self._first_open = np.where(has_open.any(axis=0), opens[first, np.arange(opens.shape[1])], np.nan)
+        self._quotes: dict[str, float] = {}
+        self._refresh_quotes()
         self.lastday_close = np.full(len(panel.symbols), np.nan)
         self._activity("CSD", self.cash, description="initial paper account funding")
 
@@ -250,7 +253,7 @@ class SimEngine:
     @property
     def is_open(self) -> bool:
         """The market is open when the next bar starts exactly now (we sit inside a session)."""
-        return not self.done and self.panel.index[self.k] == self.now
+        return self.k < len(self.bar_ns) and int(self.bar_ns[self.k]) == self.now.value
 
     def step(self) -> StepInfo:
         """Advance to the next event: close the next bar, or move from a session close to the next open."""
@@ -264,23 +267,25 @@ class SimEngine:
         self._process_bar(k)
         has = ~np.isnan(self.panel.close[k])
         self.last_close[has] = self.panel.close[k][has]
-        self.bars_out.extend(self._bar_records(k))
-        self.now = self.panel.index[k] + MINUTE
+        self._refresh_quotes()
+        t = self.panel.index[k]
+        self.bars_out.extend(self._bar_records(k, t))
+        self.now = t + MINUTE
         self.k = k + 1
-        self.history.append((self.panel.index[k], self.equity()))
+        self.history.append((t, self.equity()))
         if self._last_of_run[k]:
             self._end_session()
         return StepInfo(k, self.now, self.done)
 
     def _open_session(self) -> None:
         """At the open, orders queued while the market was closed are routed (pending_new, then new)."""
-        for o in self._open_orders():
+        for o in self.open_orders():
             if o.status == "accepted":
                 o.eligible_bar = self.k
                 self._route(o)
 
     def _end_session(self) -> None:
-        for o in self._open_orders():
+        for o in self.open_orders():
             if o.is_open and o.status != "accepted" and o.tif in ("day", "cls", "opg"):
                 self._set_status(o, "expired", "expired")
         self.lastday_close = self.last_close.copy()
@@ -289,19 +294,15 @@ class SimEngine:
         for h in self.holdings.values():
             h.day_qty = 0.0
 
-    def _bar_records(self, k: int) -> list[dict[str, Any]]:
+    def _bar_records(self, k: int, t: pd.Timestamp) -> list[dict[str, Any]]:
+        """Bar k of every symbol that has one (`t` its start), as plain floats for the market-data stream."""
         p = self.panel
-        out = []
-        for j, s in enumerate(p.symbols):
-            if np.isnan(p.close[k, j]):
-                continue
-            out.append({
-                "symbol": s, "t": p.index[k], "o": float(p.open[k, j]), "h": float(p.high[k, j]),
-                "l": float(p.low[k, j]), "c": float(p.close[k, j]), "v": float(p.volume[k, j]),
-                "n": None if p.trade_count is None else float(p.trade_count[k, j]),
-                "vw": None if p.vwap is None else float(p.vwap[k, j]),
-            })
-        return out
+        o, h, lo, c, v = (x[k].tolist() for x in (p.open, p.high, p.low, p.close, p.volume))
+        n = None if p.trade_count is None else p.trade_count[k].tolist()
+        vw = None if p.vwap is None else p.vwap[k].tolist()
+        return [{"symbol": s, "t": t, "o": o[j], "h": h[j], "l": lo[j], "c": c[j], "v": v[j],
+                 "n": None if n is None else n[j], "vw": None if vw is None else vw[j]}
+                for j, s in enumerate(p.symbols) if not math.isnan(c[j])]  # NaN close: no bar for that symbol
 
     # ---------------------------------------------------------------- prices and account
     def quote(self, symbol: str) -> float:
@@ -309,17 +310,24 @@ class SimEngine:
 
         NaN only for a symbol with no price anywhere in the replay (`submit` refuses its orders).
         """
-        j = self._cols[symbol]
-        if not np.isnan(self.last_close[j]):
-            return float(self.last_close[j])
-        return float(self._first_open[j])
+        return self._quotes[symbol]
+
+    def _refresh_quotes(self) -> None:
+        """quote()'s table, rebuilt when closes change (every request reads it, many times over)."""
+        px = np.where(np.isnan(self.last_close), self._first_open, self.last_close)
+        self._quotes = dict(zip(self.panel.symbols, px.tolist(), strict=True))
+
+    def held_qty(self, symbol: str) -> float:
+        """Signed shares held (0 when flat); the open-order scans ask it once per order."""
+        h = self.holdings.get(symbol)
+        return 0.0 if h is None else h.qty
 
     def _est_price(self, o: SimOrder) -> float:
         """What a buy may cost per share (for buying power); never NaN for an accepted order."""
         if o.type in ("limit", "stop_limit"):
             return float(o.limit_price)
         q = self.quote(o.symbol)
-        if np.isnan(q):  # unreachable for accepted orders (submit refuses priceless symbols)
+        if math.isnan(q):  # unreachable for accepted orders (submit refuses priceless symbols)
             return float(o.stop_price) if o.type == "stop" else 0.0
         q *= 1.0 + self.config.slippage
         return max(q, float(o.stop_price)) if o.type == "stop" else q
@@ -330,7 +338,7 @@ class SimEngine:
         Buys are valued at their limit (else the last price plus slippage); an opening short at
         MAX(limit, 3% above the last price). Sells of held shares and buys to cover use none.
         """
-        held = self.holdings.get(o.symbol, Holding()).qty if held is None else held
+        held = self.held_qty(o.symbol) if held is None else held
         closing = max(0.0, -held) if o.side == BUY else max(0.0, held)
         opening = max(0.0, o.remaining - closing)
         if opening <= 0.0:
@@ -339,8 +347,8 @@ class SimEngine:
             return opening * self._est_price(o)
         return opening * max(o.limit_price or 0.0, self.quote(o.symbol) * SHORT_PRICE_BUFFER)
 
-    def _open_orders(self) -> list[SimOrder]:
-        """The orders that may still fill, in arrival order: what every open-order scan reads.
+    def open_orders(self) -> list[SimOrder]:
+        """The orders that may still fill, in arrival order (as in `orders`): what every open-order scan reads.
 
         A terminal order never reopens, so it is dropped from the set for good; the scans stay
         proportional to the working orders, not to every order of the replay.
@@ -352,7 +360,7 @@ class SimEngine:
 
     def reserved_buy(self, exclude: SimOrder | None = None) -> float:
         """Buying power held for open orders that open positions (legs held behind a bracket excluded)."""
-        return sum(self._opening_value(o) for o in self._open_orders()
+        return sum(self._opening_value(o) for o in self.open_orders()
                    if o.is_open and o.status != "held" and o is not exclude)
 
     @property
@@ -433,22 +441,22 @@ class SimEngine:
 
     def available_qty(self, symbol: str, exclude: SimOrder | None = None) -> float:
         """Shares held long minus shares promised to open sells (an OCO pair counts once); <= 0 when flat or short."""
-        held = self.holdings.get(symbol, Holding()).qty
-        promised = sum(o.remaining for o in self._open_orders()
+        held = self.held_qty(symbol)
+        promised = sum(o.remaining for o in self.open_orders()
                        if o.is_open and o.status not in ("held",) and o.side == SELL and o.symbol == symbol
                        and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")
                                                      and any(s.is_open for s in o.siblings)))
-        promised += sum(o.remaining for o in self._open_orders()
+        promised += sum(o.remaining for o in self.open_orders()
                         if o.status == "held" and o.armed and o.side == SELL and o.symbol == symbol
                         and o is not exclude and not any(s.is_open for s in o.siblings))
         return held - promised
 
     def _cover_available(self, symbol: str, exclude: SimOrder | None = None) -> float:
         """Shares short minus shares promised to open buys to cover (0 when long or flat)."""
-        held = self.holdings.get(symbol, Holding()).qty
+        held = self.held_qty(symbol)
         if held >= 0:
             return 0.0
-        promised = sum(o.remaining for o in self._open_orders()
+        promised = sum(o.remaining for o in self.open_orders()
                        if o.is_open and o.status != "held" and o.side == BUY and o.symbol == symbol
                        and o is not exclude and not (o.siblings and o.type in ("stop", "stop_limit")))
         return -held - promised
@@ -486,7 +494,7 @@ class SimEngine:
             raise SimReject(422, wire.CODE_BAD_REQUEST, "symbol is required")
         if symbol not in self._cols:
             raise SimReject(422, wire.CODE_BAD_REQUEST, f'asset "{symbol}" not found')
-        if np.isnan(self.quote(symbol)):
+        if math.isnan(self.quote(symbol)):
             raise SimReject(422, wire.CODE_UNPROCESSABLE,
                             f'asset "{symbol}" has no price in this replay (no bars); the sim cannot take orders for it',
                             symbol=symbol)
@@ -668,7 +676,7 @@ class SimEngine:
 
     def _check_position_side(self, o: SimOrder, replacing: SimOrder | None = None) -> None:
         """A sell beyond the shares held long is refused; a sell when flat or short opens a short (margin only)."""
-        held = self.holdings.get(o.symbol, Holding()).qty
+        held = self.held_qty(o.symbol)
         if replacing is not None and (replacing.parent is not None or replacing.siblings):
             if o.qty > replacing.remaining + 1e-9:  # an OCO/bracket member's shares are promised once, by its group
                 raise SimReject(403, wire.CODE_FORBIDDEN,
@@ -697,7 +705,7 @@ class SimEngine:
                                 f"insufficient qty available for order (requested: {wire.num(o.qty)}, "
                                 f"available: {wire.num(max(avail, 0.0))})", symbol=o.symbol)
         elif held == 0:  # flat: a buy opens a long, which Alpaca refuses while a sale opening a short is open
-            for x in self._open_orders():
+            for x in self.open_orders():
                 if x.pending and x.symbol == o.symbol and x.side == SELL and x.parent is None and x is not replacing:
                     raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a long buy while a short sell order is open",
                                     symbol=o.symbol, existing_order_id=x.id)
@@ -714,7 +722,7 @@ class SimEngine:
         if not f.easy_to_borrow and o.tif != "day":
             raise SimReject(422, wire.CODE_UNPROCESSABLE,
                             f"only day orders are allowed for hard-to-borrow asset {o.symbol}", symbol=o.symbol)
-        for x in self._open_orders():
+        for x in self.open_orders():
             if x.pending and x.symbol == o.symbol and x.side == BUY and x.parent is None:
                 raise SimReject(403, wire.CODE_FORBIDDEN, "cannot open a short sell while a long buy order is open",
                                 symbol=o.symbol, existing_order_id=x.id)
@@ -736,7 +744,7 @@ class SimEngine:
         """Refuse an order that could trade against one of our own opposite working orders."""
         if o.type not in ("market", "limit"):
             return
-        for x in self._open_orders():
+        for x in self.open_orders():
             if not (x.pending and x.symbol == o.symbol and x.side == -o.side and x.type in ("market", "limit")):
                 continue
             if o.type == "market" or x.type == "market":
@@ -776,7 +784,7 @@ class SimEngine:
     def cancel_all(self) -> list[dict[str, Any]]:
         """Cancel every open order; Alpaca's 207 list of {id, status, body}."""
         out = []
-        for o in self._open_orders():
+        for o in self.open_orders():
             if o.is_open:
                 self.cancel(o.id)
                 out.append({"id": o.id, "status": 200, "body": None})
@@ -868,7 +876,7 @@ class SimEngine:
         room = np.floor(cfg.max_volume_share * np.nan_to_num(p.volume[k]))
         seen: set[str] = set()
         first, last = bool(self._first_of_run[k]), bool(self._last_of_run[k])
-        for o in self._open_orders():
+        for o in self.open_orders():
             if o.id in seen or not o.active or o.eligible_bar > k:
                 continue
             if (o.tif == "opg" and not first) or (o.tif == "cls" and not last):
@@ -909,7 +917,7 @@ class SimEngine:
         """Shares a notional order buys (or sells) at `price`, rounded down to 9 decimals."""
         q = math.floor(o.notional / price * 1e9) / 1e9
         if o.side == SELL:
-            q = min(q, max(self.holdings.get(o.symbol, Holding()).qty, 0.0))
+            q = min(q, max(self.held_qty(o.symbol), 0.0))
         return q
 
     def _fill_price(self, o: SimOrder, op: float, hi: float, lo: float) -> float:
@@ -1039,6 +1047,17 @@ class SimEngine:
         ev, bars = self.outbox, self.bars_out
         self.outbox, self.bars_out = [], []
         return ev, bars
+
+
+def load_fill_kernels() -> None:
+    """Load strategies/fills.py's numba kernels now: their first call in a process takes ~1 s (cache load),
+    which would otherwise stall the first fill's step and every request queued behind it."""
+    market_fill_price_nb(100.0, BUY, 0.0)
+    limit_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0)
+    stop_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0)
+    stop_limit_fill_price_nb(BUY, 100.0, 100.0, 100.0, 100.0, 100.0)
+    bracket_exit_long_nb(100.0, 101.0, 99.0, 98.0, 102.0)
+    order_fee_nb(1.0, 0.0, 0.0)
 
 
 _ACK_EVENTS = frozenset({"pending_new", "new", "accepted", "held", "pending_cancel", "pending_replace"})

@@ -19,7 +19,7 @@ from aiohttp import web
 from data.bars import Panel
 from live.sim.app import Hub, build_app
 from live.sim.assets import AssetFlags
-from live.sim.engine import SimConfig, SimEngine
+from live.sim.engine import SimConfig, SimEngine, load_fill_kernels
 from live.sim.ratelimit import RateLimiter
 from tierlab.errors import ConfigError
 from tierlab.log import get_logger
@@ -119,6 +119,7 @@ class SimServer:
             why = getattr(e, "strerror", None) or str(e)
             raise ConfigError(f"live.sim cannot listen on {self._netloc}: {why} (pick another --port, or 0 for a free one)") from None
         self.port = sock.getsockname()[1]
+        load_fill_kernels()  # before the port answers: the first fill must not stall the requests behind it
         self._runner = web.AppRunner(build_app(self.hub), access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()

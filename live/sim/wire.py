@@ -112,11 +112,16 @@ def order_json(o: SimOrder, nested: bool = True) -> dict[str, Any]:
     }
 
 
-def bar_json(symbol: str, t: pd.Timestamp, o: float, h: float, lo: float, c: float, v: float,
-             n: float | None, vw: float | None) -> dict[str, Any]:
-    """One bar as /v2/stocks/bars returns it (`t` is the bar's start, RFC 3339)."""
-    return {"t": pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ"), "o": o, "h": h, "l": lo, "c": c,
-            "v": v, "n": n, "vw": vw}
+def bar_json(t_ns: int, o: float, h: float, lo: float, c: float, v: float, n: float | None,
+             vw: float | None) -> dict[str, Any]:
+    """One bar as /v2/stocks/bars returns it (`t_ns` the bar's start in epoch ns, sent as RFC 3339 UTC)."""
+    return {"t": _bar_time(t_ns), "o": o, "h": h, "l": lo, "c": c, "v": v, "n": n, "vw": vw}
+
+
+@functools.lru_cache(maxsize=4096)
+def _bar_time(t_ns: int) -> str:
+    # the feed asks for the same few minutes over and over: format each once
+    return pd.Timestamp(t_ns, tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def bar_frame(symbol: str, t: pd.Timestamp, o: float, h: float, lo: float, c: float, v: float,
