@@ -154,7 +154,7 @@ def _executor_loop(ex: Executor, stopping: Any, drained: Any, block_ms: int) -> 
 
 def _executor_process(redis_url: str, keys: Keys, url: str, key: str, secret: str, stopping: Any, drained: Any,
                       out: Any) -> None:
-    broker = AlpacaBroker(key, secret, url=url)
+    broker = AlpacaBroker(key, secret, url=url, cancel_is_final=True)  # live.sim, as --sim-url builds it
     trace = Trace(broker.client._session)
     ex = Executor(RedisState(redis.Redis.from_url(redis_url), keys), broker)
     reads = _trace_reads(ex)
@@ -208,7 +208,7 @@ class ExecutorHost:
             self.proc.start()
         else:
             self.stopping, self.drained = threading.Event(), threading.Event()
-            broker = AlpacaBroker(key, secret, url=url)
+            broker = AlpacaBroker(key, secret, url=url, cancel_is_final=True)  # live.sim, as --sim-url builds it
             self.trace = Trace(broker.client._session)
             self.ex = Executor(RedisState(redis.Redis.from_url(redis_url), store.keys), broker)
             self.reads = _trace_reads(self.ex)

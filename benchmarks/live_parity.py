@@ -60,7 +60,7 @@ def main() -> int:
                             rate_limit=1_000_000).start()
             root = f"tierlab-bench:{uuid.uuid4().hex[:8]}:"
             store = RedisState(r, Keys.of("parity", "tiered_basket", mode, root=root))
-            broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+            broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=True)
             history = History(sim.api_key, sim.secret_key, url=sim.url)
             runner = Runner(TieredBasketStrategy(p), store, history, events=events)
             ex = Executor(store, broker, tick_round=False)

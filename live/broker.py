@@ -402,7 +402,7 @@ class AlpacaBroker:
                  max_attempts: int = 8, max_wait_s: float = 65.0,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 15.0, page_limit: int = 500,
                  sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time,
-                 cancel_is_final: bool | None = None) -> None:
+                 cancel_is_final: bool = False) -> None:
         if not api_key or not secret_key:
             raise ConfigError("AlpacaBroker needs an API key and a secret key")
         if max_attempts < 1:
@@ -418,9 +418,10 @@ class AlpacaBroker:
         self.client._session = (_LoopbackSession(url, timeouts) if url and _is_loopback_url(url)  # type: ignore[assignment]
                                 else _TimeoutSession(timeouts))
         self.venue = url or ("alpaca-paper" if paper else "alpaca-live")
-        # True when the venue answers a cancel only once the order IS canceled (live.sim on loopback); Alpaca
-        # answers 204 while the order is pending_cancel and may still fill, so False there unless told
-        self.cancel_is_final = bool(url and _is_loopback_url(url)) if cancel_is_final is None else cancel_is_final
+        # True only when told the venue answers a cancel once the order IS canceled (live.sim: `from_env(sim_url=)`
+        # says so); Alpaca answers 204 while the order is pending_cancel and may still fill, and a loopback URL
+        # may be a proxy in front of it, so never guessed from the URL
+        self.cancel_is_final = bool(cancel_is_final)
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.page_limit = page_limit
@@ -429,10 +430,11 @@ class AlpacaBroker:
 
     @classmethod
     def from_env(cls, sim_url: str | None = None, **kwargs: Any) -> AlpacaBroker:
-        """Real Alpaca paper when ALPACA_API_KEY/ALPACA_SECRET_KEY are set and no sim URL is given; else the sim."""
+        """Real Alpaca paper when ALPACA_API_KEY/ALPACA_SECRET_KEY are set and no sim URL is given; else the sim
+        (live.sim: its cancels are final when answered)."""
         if sim_url:
             key, secret = sim_keys()
-            return cls(key, secret, url=sim_url, **kwargs)
+            return cls(key, secret, url=sim_url, **{"cancel_is_final": True, **kwargs})
         key, secret = os.environ.get("ALPACA_API_KEY"), os.environ.get("ALPACA_SECRET_KEY")
         if not key or not secret:
             raise ConfigError("set ALPACA_API_KEY and ALPACA_SECRET_KEY for Alpaca paper, or pass a sim URL")

@@ -107,6 +107,21 @@ class _ReadIntent(OrderIntent):
         return OrderIntent.client_order_id.fget(self)  # type: ignore[attr-defined]
 
 
+# orders.sent records (each: field count, then fields and values), then XACK of the batch's entries
+_FLUSH = """
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  i = i + 1 + 2 * n
+end
+if i <= #ARGV then
+  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, #ARGV))
+end
+return i
+"""
+
+
 class _Held:
     """What one drain pass holds back: symbols with a stuck entry, symbols queued behind one, a count."""
 
@@ -142,6 +157,7 @@ class Executor:
         self._pool: ThreadPoolExecutor | None = None  # lanes for several symbols' sells at once (made on first use)
         self._lock = threading.Lock()
         self._records: list[dict[str, str]] = []  # orders.sent records of the batch, written by _flush
+        self._flush_script = self.r.register_script(_FLUSH)
         self.stop_check = stop_check  # read before each batch is placed (run's `stop` when not given)
         store.ensure_group()
 
@@ -295,16 +311,17 @@ class Executor:
 
     def _flush(self, acks: list[bytes]) -> None:
         """The batch's records, then its acknowledgements, in one round trip (a crash before it only means
-        the entries are read again: their client_order_ids make that a lookup, never a second order)."""
+        the entries are read again: their client_order_ids make that a lookup, never a second order).
+
+        One script: a record Redis refuses (out of memory, a wrong key) stops it before any acknowledgement,
+        so an entry is never acknowledged without its record (a pipeline would go on past the error).
+        """
         with self._lock:
             records, self._records = self._records, []
         if records:
-            pipe = self.r.pipeline(transaction=False)  # applied in order: no acknowledgement before its record
-            for rec in records:
-                pipe.xadd(self.store.keys.sent, rec)
-            if acks:
-                pipe.xack(self.store.keys.signals, GROUP, *acks)
-            pipe.execute()
+            flat = [x for rec in records for x in (len(rec), *(y for kv in rec.items() for y in kv))]
+            self._flush_script(keys=[self.store.keys.sent, self.store.keys.signals],
+                               args=[GROUP, len(records), *flat, *acks])
         elif acks:
             self.r.xack(self.store.keys.signals, GROUP, *acks)
 

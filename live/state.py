@@ -122,6 +122,7 @@ class RedisState:
         self._conn: Any = None  # the connection `send_commit` pipelines on (made on first use)
         self._sent: list[Sequence[Any]] = []
         self._statuses = 0  # status writes sent behind the commit, not answered yet
+        self._status_cmds: list[tuple[Any, ...]] = []  # those of the commit in flight
         k = keys
         self._commit_keys = (k.state, k.bar, k.decisions, k.signals, k.status)
         self.writer = uuid.uuid4().hex  # names this life's commits in the status hash (see _STATUS)
@@ -146,6 +147,7 @@ class RedisState:
             self._conn = self.r.connection_pool.make_connection()
         self._write("EVALSHA", self._commit.sha, len(self._commit_keys), *self._commit_keys, *args, self.writer)
         self._sent.append(args)
+        self._status_cmds = []
 
     def send_status(self, summary: dict[str, Any]) -> None:
         """Write the status summary of the commit in flight right behind it, without waiting: a view, not
@@ -153,9 +155,10 @@ class RedisState:
         only if that commit was stored (EVAL: a lost script cache cannot refuse it)."""
         if not self._sent:
             raise RuntimeError("send_status: no commit in flight")
-        self._write("EVAL", _STATUS, 1, self.keys.status, self._sent[0][0], self.writer,
-                    json.dumps(summary, default=str))
+        cmd = ("EVAL", _STATUS, 1, self.keys.status, self._sent[0][0], self.writer, json.dumps(summary, default=str))
+        self._write(*cmd)
         self._statuses += 1
+        self._status_cmds.append(cmd)  # sent again behind the commit if Redis lost its script cache
 
     def _write(self, *command: Any) -> None:
         """One command in one write (redis-py writes a large argument apart: a system call each)."""
@@ -173,10 +176,13 @@ class RedisState:
             try:
                 ok = self._conn.read_response()
             except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache: load, send again
-                self._read_statuses()  # their answers come before the new one
+                self._read_statuses()  # their answers come before the new one (refused: the bar was not stored)
                 self.r.script_load(_COMMIT)
                 self._write("EVALSHA", self._commit.sha, len(self._commit_keys), *self._commit_keys, *self._sent[0],
                             self.writer)
+                for cmd in self._status_cmds:  # and the status again, behind it
+                    self._write(*cmd)
+                    self._statuses += 1
                 ok = self._conn.read_response()
             self._read_statuses()
         except (redis.ConnectionError, redis.TimeoutError):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,6 +26,23 @@ from strategies.params import Params
 from strategies.tiered_basket import TieredBasketStrategy
 
 INIT_CASH = 10_000.0
+
+
+def private_redis_server(tmp: Path, port: int) -> subprocess.Popen:
+    """A redis-server of the test's own on `port` (append-only, fsync always, data in `tmp`): it can be
+    stopped and restarted, and its script cache flushed, without touching the shared server."""
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            if r.ping():
+                return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("private redis-server did not start")
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +91,7 @@ def wire(sim: SimServer, redis_url: str, p: Params, events: pd.DataFrame, root: 
     """Runner and in-process executor against `sim`, keys under a unique root."""
     root = root or f"tierlab-test:{uuid.uuid4().hex[:10]}:"
     store = RedisState(redis.Redis.from_url(redis_url), Keys.of("sim", "tiered_basket", p.mode, root=root))
-    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url)
+    broker = AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=True)  # live.sim, as --sim-url builds it
     history = History(sim.api_key, sim.secret_key, url=sim.url)
     runner = Runner(TieredBasketStrategy(p), store, history, init_cash=INIT_CASH, events=events)
     runner.resume()

@@ -200,7 +200,7 @@ def _entered(sim: SimServer, store: RedisState, broker: AlpacaBroker) -> Executo
 def test_an_exit_cancels_its_own_legs_by_id_and_sells_without_a_share_check(sim: SimServer,
                                                                              store: RedisState) -> None:
     """The canceled OCO held the shares, so a position is held: cancel + sell, two round trips."""
-    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+    broker = _Counting(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=True)
     ex = _entered(sim, store, broker)
     assert broker.sent[-2:] == [("DELETE", "/v2/orders/{id}"), ("POST", "/v2/orders")]  # the re-anchor: no listing
     held, working = _book(sim, "AAA")
@@ -246,7 +246,7 @@ def test_an_exit_after_the_oco_partly_filled_sells_only_the_shares_left(store: R
     the shares are read and exactly the 6 left are sold, under the same client_order_id: never a short."""
     with SimServer(_moving_panel(10.6, 40), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
         sim.step(2)
-        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=True)
         ex = _entered(sim, store, broker)
         sim.step(1)  # the OCO's take-profit fills 4 shares
         assert _book(sim, "AAA")[0] == 6
@@ -268,7 +268,7 @@ def test_an_exit_after_the_oco_filled_sells_nothing(store: RedisState) -> None:
     is held, so nothing is sent (a sell now would open a short) and the entry is recorded as refused."""
     with SimServer(_moving_panel(10.6, 1e7), SimConfig(initial_cash=1e6), rate_limit=1_000_000) as sim:
         sim.step(2)
-        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url)
+        broker = _Counting(sim.api_key, sim.secret_key, url=sim.url, cancel_is_final=True)
         ex = _entered(sim, store, broker)
         sim.step(1)  # the OCO's take-profit fills all 10 shares
         sell = _intent("AAA", "sell", 10, 2, "signal_exit")
@@ -586,12 +586,14 @@ def test_a_reanchor_rounds_its_levels_away_from_the_market(sim, store) -> None:
     assert sim.call(oco) == (9.50, 10.51)
 
 
-def test_only_the_loopback_sim_counts_as_a_venue_whose_cancels_are_final() -> None:
-    """Alpaca (paper or live) keeps the exit's share check; live.sim on loopback answers a cancel once it is done."""
+def test_only_the_sim_counts_as_a_venue_whose_cancels_are_final() -> None:
+    """Alpaca (paper or live) keeps the exit's share check, even behind a loopback URL (a local proxy);
+    live.sim, named as such (`from_env(sim_url=)`, the CLI's --sim-url), answers a cancel once it is done."""
     assert not AlpacaBroker("key", "secret", paper=True).cancel_is_final
     assert not AlpacaBroker("key", "secret", paper=False).cancel_is_final
     assert not AlpacaBroker("key", "secret", url="https://paper-api.alpaca.markets").cancel_is_final
-    assert AlpacaBroker("key", "secret", url="http://127.0.0.1:8765").cancel_is_final
+    assert not AlpacaBroker("key", "secret", url="http://127.0.0.1:8765").cancel_is_final
+    assert AlpacaBroker.from_env(sim_url="http://127.0.0.1:8765").cancel_is_final
 
 
 def test_the_order_paths_session_gate_agrees_with_the_calendar_to_the_microsecond() -> None:
@@ -642,3 +644,21 @@ def test_a_running_executor_builds_the_exchange_calendar_before_the_first_order(
     executor._session_ns.cache_clear()
     Executor(store, object()).run(lambda: True)  # stops before reading anything
     assert calendar.cache_info().currsize == 1
+
+
+def test_an_order_whose_record_redis_refuses_stays_unacknowledged_then_is_looked_up(sim: SimServer,
+                                                                                    store: RedisState) -> None:
+    """Records and acknowledgements go out together: when Redis refuses the record (here a key of the wrong
+    type; out of memory alike), the entry must stay pending, so the next pass finds the placed order by
+    client_order_id and records it, instead of leaving an order nobody's report knows of."""
+    buy = _intent("BBB", "buy", 3, 0, "entry")
+    _publish(store, buy)
+    store.r.set(store.keys.sent, "not a stream")
+    ex = Executor(store, AlpacaBroker(sim.api_key, sim.secret_key, url=sim.url))
+    with pytest.raises(redis.ResponseError):
+        ex.drain()
+    assert _at_broker(sim) == [buy.client_order_id] and _pending(store) == 1  # placed, not acknowledged
+    store.r.delete(store.keys.sent)
+    ex.drain()
+    assert _at_broker(sim) == [buy.client_order_id]  # looked up, not placed again
+    assert _pending(store) == 0 and _sent(store)[buy.client_order_id] != "rejected"

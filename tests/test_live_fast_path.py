@@ -235,3 +235,32 @@ def test_delete_all_removes_the_llm_gate_keys_of_its_namespace_only(redis_url: s
     assert not list(r.scan_iter(match=mine.keys.prefix + "*"))
     assert r.exists(other.keys.prefix + "llm:llm:cache:abc", other.keys.prefix + "llm:counters", other.keys.state) == 3
     other.delete_all()
+
+
+def test_after_redis_lost_its_scripts_the_bar_and_its_status_are_both_stored(tmp_path) -> None:
+    """A restarted Redis has no scripts: the commit answers NOSCRIPT, and the status sent behind it is refused
+    (its bar is not stored yet). Both are sent again: the bar is stored once and `live status` shows it."""
+    import json
+    import shutil
+    import socket
+
+    from live_helpers import private_redis_server
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for this test (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = private_redis_server(tmp_path, port)
+    try:
+        sess, events, p = _session("2024-11-05", "default")
+        rn = _runner(f"redis://127.0.0.1:{port}/0", "tierlab-test:", "acct", p, events, sess, 12)
+        rn.decide_through(sess.index[9])
+        rn.store.r.script_flush()  # what a restart does to the script cache (the data stays)
+        assert len(rn.decide_through(sess.index[10])) == 1
+        assert [r["t"] for r in rn.store.decisions()] == [int(t.value // 1_000_000_000) for t in sess.index[:11]]
+        shown = json.loads(rn.store.r.hget(rn.store.keys.status, "summary"))
+        assert shown["time"] == sess.index[10].isoformat()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from live_helpers import private_redis_server
 
 from live.tokens import TAKE_FAILED, TAKE_FALLBACK, TAKE_OK, RedisTokenBucket
 from strategies.rules.tokens import refill_nb, take_token_nb
@@ -161,21 +161,6 @@ def test_two_processes_never_exceed_the_minute_budget_between_them(client, redis
         assert bucket.remaining(minute) == [0, 0, 0]
 
 
-def _private_redis(tmp: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            if r.ping():
-                return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("private redis-server did not start")
-
-
 def test_a_redis_restart_keeps_the_minute_and_reloads_the_scripts(tmp_path) -> None:
     if shutil.which("redis-server") is None:  # CI installs it: there a missing server is a failure
         (pytest.fail if os.environ.get("CI", "").lower() in {"1", "true", "yes"} else pytest.skip)(
@@ -183,14 +168,14 @@ def test_a_redis_restart_keeps_the_minute_and_reloads_the_scripts(tmp_path) -> N
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _private_redis(tmp_path, port)
+    proc = private_redis_server(tmp_path, port)
     try:
         client = redis.Redis(port=port)
         b = RedisTokenBucket(client, "acct:strat:", 6, 3, 1)
         assert b.consume(MINUTE, [5, 3, 0]) == (True, [1, 0, 1])
         proc.terminate()
         proc.wait(10)
-        proc = _private_redis(tmp_path, port)  # same data dir: the append-only file brings the minute back
+        proc = private_redis_server(tmp_path, port)  # same data dir: the append-only file brings the minute back
         # the server forgot the scripts; redis-py loads them again on NOSCRIPT
         assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_OK
         assert b.take(MINUTE, 0, 1.0, False, 10.0) == TAKE_FAILED  # 6 A tokens in this minute, not 6 more
