@@ -28,11 +28,11 @@ from strategies.tiered_basket import TieredBasketStrategy
 INIT_CASH = 10_000.0
 
 
-def private_redis_server(tmp: Path, port: int) -> subprocess.Popen:
-    """A redis-server of the test's own on `port` (append-only, fsync always, data in `tmp`): it can be
-    stopped and restarted, and its script cache flushed, without touching the shared server."""
+def private_redis_server(tmp: Path, port: int, fsync: str = "always") -> subprocess.Popen:
+    """A redis-server of the test's own on `port` (append-only, data in `tmp`): it can be stopped and
+    restarted, and its script cache flushed, without touching the shared server."""
     proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp)],
+                             "--appendonly", "yes", "--appendfsync", fsync, "--dir", str(tmp)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = redis.Redis(port=port)
     for _ in range(200):

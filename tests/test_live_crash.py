@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from live_helpers import expected, order_rows, session, start_sim
+from live_helpers import expected, order_rows, private_redis_server, session, start_sim
 
 from live.broker import AlpacaBroker
 from live.journal import broker_orders
@@ -36,19 +36,9 @@ def _free_port() -> int:
 
 
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is needed for the crash/outage tests (apt-get install redis-server)")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    r = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            if r.ping():
-                return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("private redis-server did not start")
+    return private_redis_server(workdir, port, fsync="everysec")
 
 
 @pytest.fixture
