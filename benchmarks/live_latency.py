@@ -217,14 +217,22 @@ class ExecutorHost:
                                                args=(self.ex, self.stopping, self.drained, 200))
                 self.thread.start()
 
+    def arm(self) -> None:
+        """Before a minute is decided: forget the passes that ended before it."""
+        if self.how != "inline":
+            self.drained.clear()
+
     def wait_idle(self) -> None:
-        """Until every committed signal is acknowledged (woken by each finished pass, never polling)."""
+        """Until every committed signal is acknowledged: woken by each finished pass, and only then asking
+        Redis (asking at once would put the harness's own requests beside the executor's first order)."""
         if self.how == "inline":
             self.ex.drain()
             return
-        while not self.store.executor_idle():
+        while True:
             self.drained.wait(5.0)
             self.drained.clear()
+            if self.store.executor_idle():
+                return
 
     def stop(self) -> None:
         self.stopping.set()
@@ -293,10 +301,13 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
                 runner.open_session(t.tz_convert("America/New_York").date())
                 bars = history.fetch(runner.symbols, t, t)
                 commits.clear()
+                worker.arm()
                 t0 = time.perf_counter()  # the minute's bars have arrived
                 runner.add(bars)
                 ms = runner.decide_through(t)
                 t_commit = commits[-1] if commits else time.perf_counter()
+                if any(m.signals for m in ms):
+                    worker.wait_idle()  # the bookkeeping below waits until the executor is done
                 cids = []
                 for m in ms:
                     for s in m.signals:
@@ -311,7 +322,6 @@ def latency(a: argparse.Namespace, p: Params, panel, events, r: redis.Redis, roo
                         cids.append(cid)
                 if any(m.signals for m in ms):
                     decide.append(t_commit - t0)
-                    worker.wait_idle()
                 if cids:
                     minutes.append((t0, cids))
             if done:
