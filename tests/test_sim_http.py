@@ -352,3 +352,18 @@ def test_order_listings_by_status_hold_exactly_their_orders_in_arrival_order(sim
     assert listing(status="all") == [filled, resting, canceled, replaced, replacement]
     assert listing(status="open", symbols="BBB") == [replacement]
     assert listing(status="closed", symbols="BBB", direction="desc") == [replaced, canceled]
+
+
+def test_the_sim_logs_a_refused_order_as_one_and_a_flat_symbols_position_lookup_as_routine(
+        sim: SimServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 404 for the position of a flat symbol is an answer, not an order rejection (it was logged as
+    `order_rejected` with no ticker); a refused order keeps its `order_rejected` line with its ticker."""
+    s = _session(sim)
+    capsys.readouterr()
+    assert s.get(f"{sim.url}/v2/positions/AAA").status_code == 404
+    assert s.post(f"{sim.url}/v2/orders", json=_buy("ZZZ", 1, client_order_id="no-price")).status_code == 422
+    assert s.delete(f"{sim.url}/v2/orders/00000000-0000-0000-0000-000000000000").status_code == 404
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "order_rejected" in ln or "request_refused" in ln]
+    assert len(lines) == 2, lines
+    assert "event='order_rejected'" in lines[0] and "ticker='ZZZ'" in lines[0] and "no-price" in lines[0]
+    assert "event='request_refused'" in lines[1] and "method='DELETE'" in lines[1] and "status=404" in lines[1]

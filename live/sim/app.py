@@ -227,8 +227,13 @@ async def _auth_and_rate(request: web.Request, handler: Any) -> web.StreamRespon
                     resp = await handler(request)
                 except SimReject as e:
                     resp = _json(e.body, e.status)
-                    log.info("order_rejected", ticker=request.get(REQ_SYMBOL), client_order_id=request.get(REQ_CID),
-                             status=e.status, reason=e.body["message"])
+                    if REQ_SYMBOL in request:  # a new order refused
+                        log.info("order_rejected", ticker=request[REQ_SYMBOL], client_order_id=request.get(REQ_CID),
+                                 status=e.status, reason=e.body["message"])
+                    else:  # a cancel or replace refused; a lookup's 4xx (a flat symbol's position) is routine
+                        (log.debug if request.method == "GET" else log.info)(
+                            "request_refused", method=request.method, path=path, status=e.status,
+                            reason=e.body["message"])
                 await hub.flush()
             if fault is not None:  # accepted, but the answer is lost on the way back
                 resp = _json(wire.error_body(wire.CODE_INTERNAL, "injected fault after accept"), fault[0])
