@@ -241,7 +241,7 @@ class Executor:
         """
         tasks: list[tuple[bytes, dict[str, str], str, Future]] = []
         last_of: dict[str, Future] = {}
-        first: tuple[Future, dict[str, str]] | None = None
+        head: tuple[Future, dict[str, str]] | None = None  # the batch's first order, run on this thread
         if self.stop_check is not None and self.stop_check():  # the kill switch: nothing more goes out
             held.waiting += len(orders)
             log.warning("orders_held", count=len(orders), rule="kill", reason="stop requested")
@@ -264,14 +264,14 @@ class Executor:
                 fut = self._pool.submit(self._task, f, deps)  # type: ignore[union-attr]
             elif pooled:  # the batch's first order (it waits for nothing) runs on this thread once the rest
                 fut = Future()  # is handed to the lanes: no thread hand-off before the first order goes out
-                first = (fut, f)
+                head = (fut, f)
             else:
                 fut = Future()
                 fut.set_result(self._task(f, deps))
             last_of[sym] = fut
             tasks.append((eid, f, sym, fut))
-        if first is not None:
-            fut, f = first
+        if head is not None:
+            fut, f = head
             try:
                 fut.set_result(self._task(f, []))
             except BaseException as e:  # (an interrupt) lanes waiting for it must not wait forever
@@ -409,10 +409,7 @@ class Executor:
                     held_known = bool(getattr(self.broker, "cancel_is_final", False))
                 else:
                     canceled_buy = self._cancel_listed(sym, it.intent)
-            if held_known:
-                order = self.broker.submit(it, release=release, held_known=True)
-            else:
-                order = self.broker.submit(it, release=release) if release else self.broker.submit(it)
+            order = self.broker.submit(it, release=release, held_known=held_known)
         except Exception as e:
             self._groups.pop(sym, None)
             if canceled_buy and isinstance(e, BrokerError) and getattr(e, "held", None) == 0:
